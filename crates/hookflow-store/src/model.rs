@@ -1,0 +1,407 @@
+//! Rows and commands exchanged with the store.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Unix time in milliseconds: the store's only time type.
+pub type Millis = i64;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// The wire and storage spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            /// Parses the wire and storage spelling.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Lifecycle of a run; the last three are terminal.
+    RunStatus {
+        Queued => "queued",
+        Running => "running",
+        Waiting => "waiting",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl RunStatus {
+    /// Whether the run can no longer change.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+string_enum!(
+    /// Lifecycle of one step execution (one attempt of one step).
+    StepStatus {
+        Scheduled => "scheduled",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Skipped => "skipped",
+        Abandoned => "abandoned",
+    }
+);
+
+impl StepStatus {
+    /// Whether the attempt still waits for its outcome.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Scheduled | Self::Running)
+    }
+}
+
+string_enum!(
+    /// How a run was started.
+    Source { Api => "api", Webhook => "webhook" }
+);
+
+string_enum!(
+    /// How a run's result reaches the caller.
+    Delivery { Direct => "direct", Callback => "callback" }
+);
+
+string_enum!(
+    /// State of one outbound event.
+    DeliveryStatus { Pending => "pending", Delivered => "delivered", Failed => "failed" }
+);
+
+string_enum!(
+    /// Why a delivery attempt was made.
+    Trigger { Scheduled => "scheduled", Manual => "manual" }
+);
+
+/// A tenant.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+}
+
+/// An API key's public part (the key itself is only stored hashed).
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: Option<String>,
+    pub prefix: String,
+    pub created_at: Millis,
+}
+
+/// A workspace secret without its value.
+#[derive(Debug, Clone)]
+pub struct SecretMeta {
+    pub name: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One immutable version of a workflow definition.
+#[derive(Debug, Clone)]
+pub struct WorkflowVersion {
+    pub name: String,
+    pub version: i64,
+    pub definition: Value,
+    pub created_at: Millis,
+}
+
+/// A workflow with its newest version.
+#[derive(Debug, Clone)]
+pub struct WorkflowSummary {
+    pub name: String,
+    pub latest_version: i64,
+    pub definition: Value,
+    pub updated_at: Millis,
+}
+
+/// A deployment variant: a pinned workflow version and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    pub version: i64,
+    pub settings: Value,
+}
+
+/// A named, stable entry point to a workflow.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub workflow: String,
+    pub variants: BTreeMap<String, Variant>,
+    pub concurrency_limit: Option<i64>,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl Deployment {
+    /// Secrets that currently authenticate triggers and sign events, newest first.
+    pub fn active_secrets(&self, now: Millis) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(old), Some(until)) = (&self.previous_secret, self.previous_secret_expires_at)
+            && until > now
+        {
+            secrets.push(old.as_str());
+        }
+        secrets
+    }
+}
+
+/// A page request: newest first, strictly older than `cursor`.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub limit: i64,
+    pub cursor: Option<String>,
+}
+
+/// A step to schedule: its execution row and its job.
+#[derive(Debug, Clone)]
+pub struct NewStep {
+    pub step_id: String,
+    pub attempt: i64,
+    pub run_at: Millis,
+    pub lease_ms: i64,
+}
+
+/// What the first answer to an `Idempotency-Key` was.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    pub body_hash: String,
+    pub response: Value,
+}
+
+/// A run to create, with its first steps.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub workspace_id: String,
+    pub deployment_id: String,
+    pub deployment_name: String,
+    pub variant: String,
+    pub workflow: String,
+    pub version: i64,
+    pub source: Source,
+    pub delivery: Delivery,
+    pub callback_url: Option<String>,
+    pub inputs: Value,
+    pub user: Option<String>,
+    pub metadata: Value,
+    pub settings: Value,
+    /// Status when the run starts at once (`running`, or `waiting` if only timers are open).
+    pub start_status: RunStatus,
+    pub first_steps: Vec<NewStep>,
+    pub concurrency_limit: Option<i64>,
+    /// Refuse instead of queueing when the concurrency limit is reached (sync invoke).
+    pub refuse_when_full: bool,
+    pub idempotency: Option<IdempotencyClaim>,
+    pub created_at: Millis,
+}
+
+/// Result of creating a run.
+#[derive(Debug, Clone)]
+pub enum CreatedRun {
+    /// The run was created with this status.
+    Created(RunStatus),
+    /// The idempotency key was used before with the same body: the first answer.
+    Replayed { request_id: String, response: Value },
+    /// The idempotency key was used before with another body.
+    IdempotencyConflict,
+    /// `refuse_when_full` and no slot was free.
+    ConcurrencyLimit,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: String,
+    pub workspace_id: String,
+    pub deployment_id: String,
+    pub deployment_name: String,
+    pub variant: String,
+    pub workflow: String,
+    pub version: i64,
+    pub status: RunStatus,
+    pub source: Source,
+    pub delivery: Delivery,
+    pub callback_url: Option<String>,
+    pub inputs: Value,
+    pub user: Option<String>,
+    pub metadata: Value,
+    pub settings: Value,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// One attempt of one step.
+#[derive(Debug, Clone)]
+pub struct StepExecution {
+    pub step_id: String,
+    pub attempt: i64,
+    pub status: StepStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// Filters of the run list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub source: Option<Source>,
+    pub delivery: Option<Delivery>,
+    /// A deployment's id or name.
+    pub deployment: Option<String>,
+    pub user: Option<String>,
+    /// `metadata.<key>=<value>` pairs; a value matches the JSON value's text form.
+    pub metadata: Vec<(String, String)>,
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+}
+
+/// A claimed unit of work; `step_id` None means "start the run".
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub lease_token: i64,
+    pub run_id: String,
+    pub step_id: Option<String>,
+    pub attempt: i64,
+}
+
+/// The outcome of one step attempt, as the engine reports it.
+#[derive(Debug, Clone)]
+pub enum StepResult {
+    Completed(Value),
+    Skipped,
+    /// Failed; `retry_at` schedules the next attempt, None makes the failure final.
+    Failed {
+        error: String,
+        retry_at: Option<Millis>,
+    },
+}
+
+/// An event to deliver, written in the transaction that creates it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub url: String,
+}
+
+/// How a run ends.
+#[derive(Debug, Clone)]
+pub struct Terminal {
+    pub status: RunStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub event: Option<NewEvent>,
+}
+
+/// What to do after a step resolved: computed by the engine inside the store's transaction.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub start: Vec<NewStep>,
+    pub status: RunStatus,
+    pub terminal: Option<Terminal>,
+}
+
+/// Decides the next state of a run from its stored state (pure; runs inside a transaction).
+pub trait Planner: Send + Sync {
+    /// `steps` holds every execution of the run, in (step, attempt) order.
+    fn plan(&self, run: &RunRecord, steps: &[StepExecution], now: Millis) -> Plan;
+}
+
+/// Result of applying a step outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The job's lease was lost (another worker owns it) or the run had ended: nothing changed.
+    Stale,
+    /// Applied; `terminal` is set when the run ended.
+    Done {
+        terminal: Option<RunStatus>,
+        event: bool,
+    },
+}
+
+/// A claimed outbound event.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: String,
+    pub lease_token: i64,
+    pub run_id: String,
+    pub deployment_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub url: String,
+    pub attempts: i64,
+}
+
+/// A stored outbound event.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub id: String,
+    pub run_id: String,
+    pub deployment_id: String,
+    pub payload: String,
+    pub url: String,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+}
+
+/// One delivery attempt, as logged.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: i64,
+    pub trigger: Trigger,
+    pub url: String,
+    pub status_code: Option<i64>,
+    pub response_body: Option<String>,
+    pub duration_ms: i64,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub next_attempt_at: Option<Millis>,
+}
+
+/// What an attempt means for its event.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptEffect {
+    /// Delivered: stop.
+    Delivered,
+    /// Try again at this time.
+    RetryAt(Millis),
+    /// Give up (410, or the schedule is exhausted).
+    GiveUp,
+    /// A manual attempt that failed: the automatic schedule stays as it was.
+    Unchanged,
+}

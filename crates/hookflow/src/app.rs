@@ -1,0 +1,148 @@
+//! What every part of a running node shares: the store, settings, caches and wake-up hints.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hookflow_core::{Templates, WorkflowDef};
+use hookflow_store::{Millis, Store, StoreError};
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::net::NetworkPolicy;
+
+/// The current time as unix milliseconds.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or_default()
+}
+
+/// A node's shared state.
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub settings: Settings,
+    /// Base of async-step webhook URLs (no trailing slash).
+    pub public_url: String,
+    pub templates: Templates,
+    pub policy: Arc<NetworkPolicy>,
+    pub http: reqwest::Client,
+    pub definitions: DefinitionCache,
+    pub waiters: Waiters,
+    /// Wakes the engine: new jobs were committed.
+    pub work: Notify,
+    /// Wakes delivery: new events were committed.
+    pub outbox: Notify,
+}
+
+impl App {
+    /// Builds the shared state of a node.
+    pub fn new(store: Arc<dyn Store>, settings: Settings, public_url: String) -> Self {
+        let policy = Arc::new(NetworkPolicy::new(settings.allow_networks.clone()));
+        let user_agent = format!("hookflow/{}", env!("CARGO_PKG_VERSION"));
+        Self {
+            http: crate::net::build_client(policy.clone(), &user_agent),
+            policy,
+            store,
+            settings,
+            public_url,
+            templates: Templates::new(),
+            definitions: DefinitionCache::default(),
+            waiters: Waiters::default(),
+            work: Notify::new(),
+            outbox: Notify::new(),
+        }
+    }
+
+    /// The parsed definition of a workflow version (versions are immutable, so cached).
+    pub async fn definition(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<Arc<WorkflowDef>>, StoreError> {
+        let key = (workspace_id.to_string(), name.to_string(), version);
+        if let Some(def) = self.definitions.get(&key) {
+            return Ok(Some(def));
+        }
+        let Some(stored) = self
+            .store
+            .workflow_version(workspace_id, name, Some(version))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let def = WorkflowDef::from_json(&stored.definition)
+            .map_err(|e| StoreError::Corrupt(format!("stored workflow {name} v{version}: {e}")))?;
+        Ok(Some(self.definitions.insert(key, def)))
+    }
+}
+
+type DefinitionKey = (String, String, i64);
+
+/// Parsed workflow versions by (workspace, name, version); a hint, bounded in size.
+#[derive(Default)]
+pub struct DefinitionCache(Mutex<HashMap<DefinitionKey, Arc<WorkflowDef>>>);
+
+/// Entries kept before the cache starts over.
+const DEFINITION_CACHE_SIZE: usize = 10_000;
+
+impl DefinitionCache {
+    fn get(&self, key: &DefinitionKey) -> Option<Arc<WorkflowDef>> {
+        self.0.lock().expect("cache lock").get(key).cloned()
+    }
+
+    fn insert(&self, key: DefinitionKey, def: WorkflowDef) -> Arc<WorkflowDef> {
+        let mut map = self.0.lock().expect("cache lock");
+        if map.len() >= DEFINITION_CACHE_SIZE {
+            map.clear();
+        }
+        map.entry(key).or_insert_with(|| Arc::new(def)).clone()
+    }
+}
+
+/// Sync invokes waiting for their run to end, by request id (in-process hints).
+#[derive(Default)]
+pub struct Waiters(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl Waiters {
+    /// Registers interest in a run; the guard unregisters on drop.
+    pub fn register(&self, run_id: &str) -> WaiterGuard<'_> {
+        let notify = Arc::new(Notify::new());
+        self.0
+            .lock()
+            .expect("waiters lock")
+            .insert(run_id.to_string(), notify.clone());
+        WaiterGuard {
+            waiters: self,
+            run_id: run_id.to_string(),
+            notify,
+        }
+    }
+
+    /// Wakes the waiter of a run, if any.
+    pub fn wake(&self, run_id: &str) {
+        if let Some(notify) = self.0.lock().expect("waiters lock").get(run_id) {
+            notify.notify_one();
+        }
+    }
+}
+
+/// A registered waiter.
+pub struct WaiterGuard<'a> {
+    waiters: &'a Waiters,
+    run_id: String,
+    /// Notified when the run may have ended.
+    pub notify: Arc<Notify>,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.waiters
+            .0
+            .lock()
+            .expect("waiters lock")
+            .remove(&self.run_id);
+    }
+}

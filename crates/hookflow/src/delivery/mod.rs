@@ -1,0 +1,132 @@
+//! Callback delivery: claims due events from the outbox, signs and sends them, logs every
+//! attempt and schedules the next one.
+
+mod send;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookflow_core::retry::AttemptOutcome;
+use hookflow_store::{AttemptEffect, ClaimedDelivery, Millis, Trigger};
+use tokio::sync::Semaphore;
+
+use crate::app::{App, now_ms};
+pub use send::{Outgoing, Sent, send};
+
+/// Attempts in flight at once on one node.
+const MAX_IN_FLIGHT: usize = 128;
+/// Events claimed per round trip.
+const CLAIM_BATCH: usize = 64;
+/// Longest sleep between polls.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Lease beyond the callback timeout before another node may retry an event.
+const LEASE_MARGIN_MS: i64 = 30_000;
+
+/// Runs the delivery loop until the process ends.
+pub async fn run(app: Arc<App>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let lease_ms = app.settings.callback_timeout.as_millis() as i64 + LEASE_MARGIN_MS;
+    loop {
+        let free = slots.available_permits().min(CLAIM_BATCH);
+        if free == 0 {
+            drop(slots.clone().acquire_owned().await);
+            continue;
+        }
+        let claimed = match app
+            .store
+            .claim_deliveries(now_ms(), free as i64, lease_ms)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming deliveries failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let full = claimed.len() == free;
+        for delivery in claimed {
+            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+            let app = app.clone();
+            tokio::spawn(async move {
+                if let Err(e) = attempt(&app, &delivery).await {
+                    tracing::error!(event = %delivery.id, error = %e, "delivery attempt failed; retried after its lease");
+                }
+                drop(permit);
+            });
+        }
+        if !full {
+            sleep_until_due(&app).await;
+        }
+    }
+}
+
+async fn sleep_until_due(app: &App) {
+    let wait = match app.store.next_delivery_at().await {
+        Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(POLL_INTERVAL),
+        _ => POLL_INTERVAL,
+    };
+    if wait.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = app.outbox.notified() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}
+
+/// The signing secrets of a deployment right now, newest first.
+pub async fn signing_secrets(app: &App, deployment_id: &str) -> anyhow::Result<Vec<String>> {
+    let deployment = app
+        .store
+        .deployment_by_id(deployment_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("deployment {deployment_id} not found"))?;
+    Ok(deployment
+        .active_secrets(now_ms())
+        .into_iter()
+        .map(str::to_string)
+        .collect())
+}
+
+/// One scheduled attempt of a claimed event.
+async fn attempt(app: &App, delivery: &ClaimedDelivery) -> anyhow::Result<()> {
+    let secrets = signing_secrets(app, &delivery.deployment_id).await?;
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let out = Outgoing {
+        event_id: &delivery.id,
+        payload: &delivery.payload,
+        url: &delivery.url,
+        secrets: &secrets,
+    };
+    let number = delivery.attempts + 1;
+    let Sent {
+        mut record,
+        outcome,
+    } = send(app, &out, number, Trigger::Scheduled).await;
+    let effect = match outcome {
+        AttemptOutcome::Delivered => AttemptEffect::Delivered,
+        _ => match app
+            .settings
+            .retry
+            .next_delay(number as u32, &outcome, &mut rand::rng())
+        {
+            Some(delay) => {
+                let at = record.created_at + record.duration_ms + delay.as_millis() as Millis;
+                record.next_attempt_at = Some(at);
+                AttemptEffect::RetryAt(at)
+            }
+            None => AttemptEffect::GiveUp,
+        },
+    };
+    app.store
+        .record_attempt(
+            &delivery.id,
+            &delivery.run_id,
+            Some(delivery.lease_token),
+            &record,
+            effect,
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The engine: claims due jobs from the store and executes them, writing each outcome back as
+//! one transaction in which the planner decides what follows.
+
+mod planner;
+mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookflow_store::{Applied, ClaimedJob, StepResult};
+use tokio::sync::Semaphore;
+
+use crate::app::{App, now_ms};
+pub use planner::{RunPlanner, first_steps, run_context, step_states};
+
+/// Steps executing at once on one node.
+const MAX_IN_FLIGHT: usize = 256;
+/// Jobs claimed per round trip.
+const CLAIM_BATCH: usize = 64;
+/// Longest sleep between polls (wake-ups are hints; the poll is the safety net).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Pause after a store error before trying again.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs the engine loop until the process ends.
+pub async fn run(app: Arc<App>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let free = slots.available_permits().min(CLAIM_BATCH);
+        if free == 0 {
+            // Wait for a slot to free up, then claim again.
+            drop(slots.clone().acquire_owned().await);
+            continue;
+        }
+        let jobs = match app.store.claim_jobs(now_ms(), free as i64).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming jobs failed");
+                tokio::time::sleep(ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let full = jobs.len() == free;
+        for job in jobs {
+            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+            let app = app.clone();
+            tokio::spawn(async move {
+                execute(&app, job).await;
+                drop(permit);
+            });
+        }
+        if full {
+            continue;
+        }
+        sleep_until_due(&app).await;
+    }
+}
+
+/// Sleeps until the next job is due, new work is signalled, or the poll interval passes.
+async fn sleep_until_due(app: &App) {
+    let wait = match app.store.next_job_at().await {
+        Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(POLL_INTERVAL),
+        Ok(None) => POLL_INTERVAL,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the queue failed");
+            ERROR_BACKOFF
+        }
+    };
+    if wait.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = app.work.notified() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}
+
+/// Executes one job and commits its outcome. Errors leave the job leased: it runs again when
+/// the lease expires.
+async fn execute(app: &App, job: ClaimedJob) {
+    if let Err(e) = try_execute(app, &job).await {
+        tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
+    }
+}
+
+async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
+    let run = app
+        .store
+        .run_by_id(&job.run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("run {} not found", job.run_id))?;
+    let def = app
+        .definition(&run.workspace_id, &run.workflow, run.version)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("workflow {} v{} not found", run.workflow, run.version))?;
+    let secrets = app.store.secret_values(&run.workspace_id).await?;
+    let result = match &job.step_id {
+        None => None,
+        Some(step_id) => {
+            let step = def
+                .step(step_id)
+                .ok_or_else(|| anyhow::anyhow!("step {step_id} not in workflow"))?;
+            let executions = app.store.step_executions(&run.id).await?;
+            let (_, outputs) = step_states(&def, &executions);
+            let ctx = run_context(&run, &outputs, &secrets);
+            Some(steps::execute(app, step, job.attempt, &ctx).await)
+        }
+    };
+    let planner = RunPlanner {
+        def: &def,
+        templates: &app.templates,
+        secrets: &secrets,
+    };
+    let retry = matches!(
+        result,
+        Some(StepResult::Failed {
+            retry_at: Some(_),
+            ..
+        })
+    );
+    match app
+        .store
+        .finish_job(job, result, &planner, now_ms())
+        .await?
+    {
+        Applied::Stale => {}
+        Applied::Done { terminal, event } => {
+            if terminal.is_some() {
+                app.waiters.wake(&run.id);
+            }
+            if event {
+                app.outbox.notify_one();
+            }
+            if terminal.is_none() || retry {
+                app.work.notify_one();
+            }
+        }
+    }
+    Ok(())
+}
