@@ -29,9 +29,30 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything hookflow keeps. Implementations must make each method one transaction.
-pub trait Store: Accounts + Definitions + Runs + Queue + Outbox + Health {}
+pub trait Store: Accounts + Definitions + Runs + Queue + Outbox + Health + Signals {}
 
-impl<T: Accounts + Definitions + Runs + Queue + Outbox + Health> Store for T {}
+impl<T: Accounts + Definitions + Runs + Queue + Outbox + Health + Signals> Store for T {}
+
+/// A wake-up hint from another node (never the only copy of anything: the poll backs it up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// New jobs were committed.
+    Work,
+    /// New events were committed.
+    Outbox,
+    /// A run ended (wakes a sync invoke waiting on another node).
+    RunEnded(String),
+}
+
+/// Receives [`Signal`]s.
+pub type SignalHandler = std::sync::Arc<dyn Fn(Signal) + Send + Sync>;
+
+/// Cross-node wake-ups. Backends that serve one node only (SQLite) send none.
+#[async_trait]
+pub trait Signals: Send + Sync + 'static {
+    /// Starts delivering signals committed by other nodes to `handler`, in the background.
+    async fn watch(&self, handler: SignalHandler) -> Result<()>;
+}
 
 /// Database reachability.
 #[async_trait]

@@ -185,6 +185,8 @@ pub struct NewStep {
     pub attempt: i64,
     pub run_at: Millis,
     pub lease_ms: i64,
+    /// A timer (delay): it starts, and counts as running, as soon as it is scheduled.
+    pub timer: bool,
 }
 
 /// What the first answer to an `Idempotency-Key` was.

@@ -8,7 +8,7 @@ use super::SqliteStore;
 use super::rows;
 use crate::{
     Accounts, ApiKey, Definitions, Deployment, Health, Millis, Page, Result, SecretMeta,
-    StoreError, WorkflowSummary, WorkflowVersion, Workspace,
+    SignalHandler, Signals, StoreError, WorkflowSummary, WorkflowVersion, Workspace,
 };
 
 /// The upper bound used when a page has no cursor (sorts after every id and name).
@@ -18,6 +18,14 @@ pub(super) fn cursor(page: &Page) -> &str {
 
 fn variants_json(deployment: &Deployment) -> String {
     serde_json::to_string(&deployment.variants).expect("variants serialize")
+}
+
+#[async_trait]
+impl Signals for SqliteStore {
+    /// One node per SQLite file: every wake-up is in-process, so there is nothing to watch.
+    async fn watch(&self, _handler: SignalHandler) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]

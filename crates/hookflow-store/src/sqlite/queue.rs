@@ -219,6 +219,7 @@ impl Queue for SqliteStore {
                     attempt: job.attempt + 1,
                     run_at: *at,
                     lease_ms,
+                    timer: false,
                 };
                 schedule_steps(&mut tx, &run.id, &[retry], now).await?;
                 tx.commit().await?;

@@ -22,13 +22,15 @@ pub(super) async fn schedule_steps(
 ) -> Result<()> {
     for step in steps {
         sqlx::query(
-            "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at) \
-             VALUES ($1, $2, $3, 'scheduled', $4)",
+            "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(run_id)
         .bind(&step.step_id)
         .bind(step.attempt)
+        .bind(if step.timer { "running" } else { "scheduled" })
         .bind(now)
+        .bind(step.timer.then_some(now))
         .execute(&mut *conn)
         .await?;
         sqlx::query(
@@ -131,7 +133,9 @@ impl Runs for SqliteStore {
         }
         if let Some(claim) = &run.idempotency {
             let mut response = claim.response.clone();
-            response["run_status"] = status.as_str().into();
+            if queued {
+                response["run_status"] = status.as_str().into();
+            }
             sqlx::query(
                 "INSERT INTO idempotency_keys (workspace_id, key, body_hash, request_id, response, \
                  created_at) VALUES ($1, $2, $3, $4, $5, $6)",

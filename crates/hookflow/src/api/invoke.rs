@@ -203,7 +203,7 @@ pub async fn invoke(
     let id = request_id();
     let (first, start_status) = first_steps(&def, now);
     let async_answer = json!({
-        "request_id": id, "run_status": start_status, "webhook_secret": deployment.secret,
+        "request_id": id, "run_status": RunStatus::Running, "webhook_secret": deployment.secret,
     });
     let run = NewRun {
         id: id.clone(),
@@ -242,7 +242,9 @@ pub async fn invoke(
                 wait_for(&app, &auth.workspace_id, &id).await
             } else {
                 let mut answer = async_answer;
-                answer["run_status"] = json!(status);
+                if status == RunStatus::Queued {
+                    answer["run_status"] = json!(status);
+                }
                 Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
             }
         }

@@ -27,15 +27,16 @@ pub fn step_timeout(step: &StepDef) -> Duration {
 
 /// A new first attempt of `step`, due now (or after its duration, for a delay).
 pub fn new_step(step: &StepDef, attempt: i64, run_at: Millis) -> NewStep {
-    let run_at = match &step.kind {
-        StepKind::Delay { duration } if attempt == 1 => run_at + duration.as_millis() as Millis,
-        _ => run_at,
+    let (run_at, timer) = match &step.kind {
+        StepKind::Delay { duration } => (run_at + duration.as_millis() as Millis, true),
+        _ => (run_at, false),
     };
     NewStep {
         step_id: step.id.clone(),
         attempt,
         run_at,
         lease_ms: step_timeout(step).as_millis() as i64 + LEASE_MARGIN_MS,
+        timer,
     }
 }
 
