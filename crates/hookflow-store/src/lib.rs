@@ -3,6 +3,7 @@
 //! One [`Store`] trait; each backend implements it. Every state change is one transaction.
 
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -25,13 +26,25 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
+/// 256 random bits as 64 hex digits (for installation-wide keys).
+pub(crate) fn random_key() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything hookflow keeps. Implementations must make each method one transaction.
-pub trait Store: Accounts + Definitions + Runs + Queue + Outbox + Health + Signals {}
+pub trait Store:
+    Accounts + Definitions + Runs + Queue + Outbox + Approvals + Health + Signals
+{
+}
 
-impl<T: Accounts + Definitions + Runs + Queue + Outbox + Health + Signals> Store for T {}
+impl<T: Accounts + Definitions + Runs + Queue + Outbox + Approvals + Health + Signals> Store for T {}
 
 /// A wake-up hint from another node (never the only copy of anything: the poll backs it up).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +112,8 @@ pub trait Accounts: Send + Sync + 'static {
     async fn list_secrets(&self, workspace_id: &str, page: &Page) -> Result<Vec<SecretMeta>>;
     /// All secret values of a workspace, as a JSON object (for templates only).
     async fn secret_values(&self, workspace_id: &str) -> Result<Value>;
+    /// An installation-wide signing key, created (random, 32 bytes, hex) on first use.
+    async fn server_key(&self, name: &str) -> Result<String>;
 }
 
 /// Workflow versions and deployments.
@@ -152,6 +167,16 @@ pub trait Runs: Send + Sync + 'static {
     async fn run_by_id(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Every step execution of a run, by step then attempt.
     async fn step_executions(&self, run_id: &str) -> Result<Vec<StepExecution>>;
+    /// Cancels a live run: abandons its open work and writes `terminal` (status cancelled).
+    async fn cancel_run(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        terminal: &Terminal,
+        now: Millis,
+    ) -> Result<Cancelled>;
+    /// Starts queued runs of a deployment while it has free slots (after its limit was raised).
+    async fn promote_queued(&self, deployment_id: &str, now: Millis) -> Result<()>;
     /// Runs matching a filter, newest first.
     async fn list_runs(
         &self,
@@ -176,6 +201,43 @@ pub trait Queue: Send + Sync + 'static {
         planner: &dyn Planner,
         now: Millis,
     ) -> Result<Applied>;
+    /// Completes an open attempt from outside (an async step's completion). `completion_hash`
+    /// identifies the completion so a duplicate is recognised.
+    #[allow(clippy::too_many_arguments)]
+    async fn complete_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: i64,
+        completion_hash: &str,
+        result: StepResult,
+        planner: &dyn Planner,
+        now: Millis,
+    ) -> Result<Completion>;
+}
+
+
+/// Human approvals.
+#[async_trait]
+pub trait Approvals: Send + Sync + 'static {
+    /// An approval by id (callers check its workspace).
+    async fn approval(&self, id: &str) -> Result<Option<Approval>>;
+    /// Approvals of a workspace, newest first, optionally of one status.
+    async fn list_approvals(
+        &self,
+        workspace_id: &str,
+        status: Option<ApprovalStatus>,
+        page: &Page,
+    ) -> Result<Vec<Approval>>;
+    /// Records an answer and resolves the approval's step with `result`.
+    async fn answer_approval(
+        &self,
+        id: &str,
+        answer: &Answer,
+        result: StepResult,
+        planner: &dyn Planner,
+        now: Millis,
+    ) -> Result<Completion>;
 }
 
 /// Outbound events (callbacks) and their delivery attempts.

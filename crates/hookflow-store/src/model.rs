@@ -74,6 +74,22 @@ impl StepStatus {
 }
 
 string_enum!(
+    /// What a claimed job asks for.
+    JobKind { Execute => "execute", Timeout => "timeout" }
+);
+
+string_enum!(
+    /// State of a human approval.
+    ApprovalStatus {
+        Pending => "pending",
+        Approved => "approved",
+        Rejected => "rejected",
+        TimedOut => "timed_out",
+        Cancelled => "cancelled",
+    }
+);
+
+string_enum!(
     /// How a run was started.
     Source { Api => "api", Webhook => "webhook" }
 );
@@ -298,6 +314,7 @@ pub struct ClaimedJob {
     pub run_id: String,
     pub step_id: Option<String>,
     pub attempt: i64,
+    pub kind: JobKind,
 }
 
 /// The outcome of one step attempt, as the engine reports it.
@@ -305,11 +322,83 @@ pub struct ClaimedJob {
 pub enum StepResult {
     Completed(Value),
     Skipped,
-    /// Failed; `retry_at` schedules the next attempt, None makes the failure final.
+    /// Failed; `retry` schedules the next attempt, None makes the failure final.
     Failed {
         error: String,
-        retry_at: Option<Millis>,
+        retry: Option<NewStep>,
     },
+    /// Started and now waits for a completion or an answer, until `deadline` (if any).
+    Waiting {
+        deadline: Option<Millis>,
+        approval: Option<NewApproval>,
+    },
+}
+
+/// The question a human step opens.
+#[derive(Debug, Clone)]
+pub struct NewApproval {
+    pub id: String,
+    pub prompt: String,
+    pub assignee: Option<String>,
+    pub deadline: Option<Millis>,
+    /// The `approval.requested` event, when the step has a `notify_url`.
+    pub event: Option<NewEvent>,
+}
+
+/// A human approval as stored.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub id: String,
+    pub workspace_id: String,
+    pub run_id: String,
+    pub step_id: String,
+    pub attempt: i64,
+    pub prompt: String,
+    pub assignee: Option<String>,
+    pub status: ApprovalStatus,
+    pub decision: Option<String>,
+    pub comment: Option<String>,
+    pub data: Option<Value>,
+    pub responder: Option<String>,
+    pub created_at: Millis,
+    pub deadline: Option<Millis>,
+    pub answered_at: Option<Millis>,
+}
+
+/// A person's answer to an approval.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// `Approved` or `Rejected`.
+    pub status: ApprovalStatus,
+    pub comment: Option<String>,
+    pub data: Value,
+    pub responder: Option<String>,
+    pub answered_at: Millis,
+}
+
+/// Result of completing an open step from outside (async completion, approval answer).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion {
+    /// Applied (or stale: see [`Applied`]).
+    Applied(Applied),
+    /// The same completion was accepted before: nothing changes.
+    Duplicate,
+    /// A different completion (or answer) was accepted before.
+    Conflict,
+    /// The attempt was abandoned: timed out, superseded by a retry, or the run ended.
+    Gone,
+    /// No such attempt or approval.
+    NotFound,
+}
+
+/// Result of a cancel request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    /// The run is now cancelled.
+    Done,
+    /// The run had already ended with this status.
+    AlreadyTerminal(RunStatus),
+    NotFound,
 }
 
 /// An event to deliver, written in the transaction that creates it.

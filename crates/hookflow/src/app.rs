@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hookflow_core::{Templates, WorkflowDef};
-use hookflow_store::{Millis, Store, StoreError};
+use hookflow_store::{Applied, Millis, Store, StoreError};
 use tokio::sync::Notify;
 
 use crate::config::Settings;
 use crate::net::NetworkPolicy;
+use crate::tokens::Tokens;
 
 /// The current time as unix milliseconds.
 pub fn now_ms() -> Millis {
@@ -29,6 +30,7 @@ pub struct App {
     pub policy: Arc<NetworkPolicy>,
     pub http: reqwest::Client,
     pub definitions: DefinitionCache,
+    pub tokens: Tokens,
     pub waiters: Waiters,
     /// Wakes the engine: new jobs were committed.
     pub work: Notify,
@@ -38,7 +40,12 @@ pub struct App {
 
 impl App {
     /// Builds the shared state of a node.
-    pub fn new(store: Arc<dyn Store>, settings: Settings, public_url: String) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        public_url: String,
+        tokens: Tokens,
+    ) -> Self {
         let policy = Arc::new(NetworkPolicy::new(settings.allow_networks.clone()));
         let user_agent = format!("hookflow/{}", env!("CARGO_PKG_VERSION"));
         Self {
@@ -49,9 +56,23 @@ impl App {
             public_url,
             templates: Templates::new(),
             definitions: DefinitionCache::default(),
+            tokens,
             waiters: Waiters::default(),
             work: Notify::new(),
             outbox: Notify::new(),
+        }
+    }
+
+    /// Wakes whoever a committed change concerns: the run's sync waiter, delivery, the engine.
+    pub fn signal(&self, run_id: &str, applied: &Applied) {
+        if let Applied::Done { terminal, event } = applied {
+            if terminal.is_some() {
+                self.waiters.wake(run_id);
+            }
+            if *event {
+                self.outbox.notify_one();
+            }
+            self.work.notify_one();
         }
     }
 

@@ -48,3 +48,21 @@ pub fn terminal_event(
         url,
     }
 }
+
+/// The `approval.requested` event of a human step with a `notify_url`: the approval's fields
+/// (`approval`) plus the run's metadata and user.
+pub fn approval_requested(run: &RunRecord, mut approval: Value, url: String) -> NewEvent {
+    approval["metadata"] = run.metadata.clone();
+    approval["user"] = run.user.clone().into();
+    let envelope = json!({
+        "event_type": "approval.requested",
+        "request_id": run.id,
+        "data": approval,
+    });
+    NewEvent {
+        id: new_id("evt"),
+        event_type: "approval.requested".to_string(),
+        payload: envelope.to_string(),
+        url,
+    }
+}

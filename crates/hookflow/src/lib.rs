@@ -13,3 +13,4 @@ pub mod events;
 pub mod ids;
 pub mod net;
 pub mod server;
+pub mod tokens;

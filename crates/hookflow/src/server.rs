@@ -9,6 +9,7 @@ use hookflow_store::sqlite::SqliteStore;
 use crate::app::{App, now_ms};
 use crate::config::{ServeArgs, Settings};
 use crate::ids::{hash_key, key_prefix, new_api_key};
+use crate::tokens::Tokens;
 
 /// Opens the database named by a URL, running migrations.
 pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
@@ -50,7 +51,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let app = Arc::new(App::new(store, settings, public_url));
+    let tokens = Tokens::new(&store.server_key("tokens").await?);
+    let app = Arc::new(App::new(store, settings, public_url, tokens));
     tokio::spawn(crate::engine::run(app.clone()));
     tokio::spawn(crate::delivery::run(app.clone()));
     println!("hookflow listening on http://{addr}");

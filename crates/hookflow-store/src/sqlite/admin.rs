@@ -195,6 +195,26 @@ impl Accounts for SqliteStore {
             .collect()
     }
 
+    async fn server_key(&self, name: &str) -> Result<String> {
+        let fresh = crate::random_key();
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO server_keys (name, value, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(&fresh)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let value = sqlx::query_scalar("SELECT value FROM server_keys WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
     async fn secret_values(&self, workspace_id: &str) -> Result<Value> {
         let rows = sqlx::query("SELECT name, value FROM secrets WHERE workspace_id = $1")
             .bind(workspace_id)

@@ -2,6 +2,7 @@
 //! and a pool of readers over WAL.
 
 mod admin;
+mod approvals;
 mod deliveries;
 mod queue;
 mod rows;

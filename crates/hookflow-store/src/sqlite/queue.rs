@@ -6,11 +6,12 @@ use sqlx::{Row, SqliteConnection};
 use super::runs::schedule_steps;
 use super::{SqliteStore, rows};
 use crate::{
-    Applied, ClaimedJob, Millis, NewStep, Planner, Queue, Result, RunRecord, StepResult, Terminal,
+    Applied, ClaimedJob, Completion, JobKind, Millis, NewApproval, Planner, Queue, Result,
+    RunRecord, StepResult, StoreError, Terminal,
 };
 
-/// Lease of a job that starts a promoted run.
-const START_LEASE_MS: i64 = 30_000;
+/// Lease of a job that starts a promoted run or times out a waiting step.
+const TIMER_LEASE_MS: i64 = 30_000;
 
 /// Marks every open attempt of a run abandoned and drops its jobs.
 pub(super) async fn abandon_open_work(
@@ -27,6 +28,35 @@ pub(super) async fn abandon_open_work(
          WHERE run_id = $1 AND status IN ('scheduled', 'running')",
     )
     .bind(run_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE approvals SET status = 'cancelled' WHERE run_id = $1 AND status = 'pending'")
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Writes an outbound event row, due now.
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    run: &RunRecord,
+    event: &crate::NewEvent,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, payload, \
+         url, status, run_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $8)",
+    )
+    .bind(&event.id)
+    .bind(&run.id)
+    .bind(&run.workspace_id)
+    .bind(&run.deployment_id)
+    .bind(&event.event_type)
+    .bind(&event.payload)
+    .bind(&event.url)
     .bind(now)
     .execute(&mut *conn)
     .await?;
@@ -52,27 +82,13 @@ pub(super) async fn end_run(
     .await?;
     abandon_open_work(conn, &run.id, now).await?;
     if let Some(event) = &terminal.event {
-        sqlx::query(
-            "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, payload, \
-             url, status, run_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $8)",
-        )
-        .bind(&event.id)
-        .bind(&run.id)
-        .bind(&run.workspace_id)
-        .bind(&run.deployment_id)
-        .bind(&event.event_type)
-        .bind(&event.payload)
-        .bind(&event.url)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        insert_event(conn, run, event, now).await?;
     }
     promote_queued(conn, &run.deployment_id, now).await
 }
 
 /// Starts the oldest queued runs of a deployment while it has free slots.
-async fn promote_queued(
+pub(super) async fn promote_queued(
     conn: &mut SqliteConnection,
     deployment_id: &str,
     now: Millis,
@@ -99,7 +115,7 @@ async fn promote_queued(
         )
         .bind(&run_id)
         .bind(now)
-        .bind(START_LEASE_MS)
+        .bind(TIMER_LEASE_MS)
         .execute(&mut *conn)
         .await?;
     }
@@ -108,8 +124,9 @@ async fn promote_queued(
 /// Records one attempt's outcome on its execution row.
 async fn record_step(
     conn: &mut SqliteConnection,
-    job: &ClaimedJob,
+    run_id: &str,
     step_id: &str,
+    attempt: i64,
     result: &StepResult,
     now: Millis,
 ) -> Result<()> {
@@ -117,6 +134,7 @@ async fn record_step(
         StepResult::Completed(output) => ("completed", Some(output.to_string()), None),
         StepResult::Skipped => ("skipped", None, None),
         StepResult::Failed { error, .. } => ("failed", None, Some(error.as_str())),
+        StepResult::Waiting { .. } => return Ok(()),
     };
     sqlx::query(
         "UPDATE step_executions SET status = $1, output = $2, error = $3, finished_at = $4, \
@@ -126,12 +144,134 @@ async fn record_step(
     .bind(output)
     .bind(error)
     .bind(now)
-    .bind(&job.run_id)
+    .bind(run_id)
     .bind(step_id)
-    .bind(job.attempt)
+    .bind(attempt)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Opens a human step's approval (and its `approval.requested` event).
+async fn open_approval(
+    conn: &mut SqliteConnection,
+    run: &RunRecord,
+    step_id: &str,
+    attempt: i64,
+    approval: &NewApproval,
+    now: Millis,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO approvals (id, workspace_id, run_id, step_id, attempt, prompt, assignee, \
+         status, created_at, deadline) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9)",
+    )
+    .bind(&approval.id)
+    .bind(&run.workspace_id)
+    .bind(&run.id)
+    .bind(step_id)
+    .bind(attempt)
+    .bind(&approval.prompt)
+    .bind(&approval.assignee)
+    .bind(now)
+    .bind(approval.deadline)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(event) = &approval.event {
+        insert_event(conn, run, event, now).await?;
+    }
+    Ok(())
+}
+
+/// Loads a run inside a transaction.
+pub(super) async fn load_run(conn: &mut SqliteConnection, run_id: &str) -> Result<Option<RunRecord>> {
+    let sql = format!("SELECT {} FROM runs WHERE id = $1", rows::RUN_COLUMNS);
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(run_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(rows::run).transpose()
+}
+
+/// Applies one attempt's result to a live run, then plans what follows.
+pub(super) async fn apply_result(
+    conn: &mut SqliteConnection,
+    run: &RunRecord,
+    step: Option<(&str, i64)>,
+    result: Option<StepResult>,
+    planner: &dyn Planner,
+    now: Millis,
+) -> Result<Applied> {
+    if let (Some((step_id, attempt)), Some(result)) = (step, &result) {
+        record_step(conn, &run.id, step_id, attempt, result, now).await?;
+        match result {
+            StepResult::Failed {
+                retry: Some(retry), ..
+            } => {
+                schedule_steps(conn, &run.id, std::slice::from_ref(retry), now).await?;
+                return Ok(Applied::Done {
+                    terminal: None,
+                    event: false,
+                });
+            }
+            StepResult::Waiting { deadline, approval } => {
+                if let Some(deadline) = deadline {
+                    sqlx::query(
+                        "INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms, kind) \
+                         VALUES ($1, $2, $3, $4, $5, 'timeout')",
+                    )
+                    .bind(&run.id)
+                    .bind(step_id)
+                    .bind(attempt)
+                    .bind(deadline)
+                    .bind(TIMER_LEASE_MS)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                if let Some(approval) = approval {
+                    open_approval(conn, run, step_id, attempt, approval, now).await?;
+                }
+            }
+            _ => {}
+        }
+    }
+    plan(conn, run, planner, now).await
+}
+
+/// Asks the planner what follows from the run's stored state, and writes it.
+async fn plan(
+    conn: &mut SqliteConnection,
+    run: &RunRecord,
+    planner: &dyn Planner,
+    now: Millis,
+) -> Result<Applied> {
+    let rows = sqlx::query("SELECT * FROM step_executions WHERE run_id = $1 ORDER BY step_id, attempt")
+        .bind(&run.id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let steps = rows
+        .iter()
+        .map(rows::step_execution)
+        .collect::<Result<Vec<_>>>()?;
+    let plan = planner.plan(run, &steps, now);
+    if let Some(terminal) = &plan.terminal {
+        end_run(conn, run, terminal, now).await?;
+        return Ok(Applied::Done {
+            terminal: Some(terminal.status),
+            event: terminal.event.is_some(),
+        });
+    }
+    schedule_steps(conn, &run.id, &plan.start, now).await?;
+    if plan.status != run.status {
+        sqlx::query("UPDATE runs SET status = $1 WHERE id = $2")
+            .bind(plan.status.as_str())
+            .bind(&run.id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Applied::Done {
+        terminal: None,
+        event: false,
+    })
 }
 
 #[async_trait]
@@ -141,7 +281,7 @@ impl Queue for SqliteStore {
         let rows = sqlx::query(
             "UPDATE jobs SET run_at = $1 + lease_ms, lease_token = lease_token + 1 \
              WHERE id IN (SELECT id FROM jobs WHERE run_at <= $1 ORDER BY run_at LIMIT $2) \
-             RETURNING id, run_id, step_id, attempt, lease_token",
+             RETURNING id, run_id, step_id, attempt, lease_token, kind",
         )
         .bind(now)
         .bind(limit)
@@ -155,8 +295,10 @@ impl Queue for SqliteStore {
                 run_id: row.try_get("run_id")?,
                 step_id: row.try_get("step_id")?,
                 attempt: row.try_get("attempt")?,
+                kind: JobKind::parse(row.try_get("kind")?)
+                    .ok_or_else(|| StoreError::Corrupt("unknown job kind".into()))?,
             };
-            if let Some(step_id) = &job.step_id {
+            if let (Some(step_id), JobKind::Execute) = (&job.step_id, job.kind) {
                 sqlx::query(
                     "UPDATE step_executions SET status = 'running', started_at = $1 \
                      WHERE run_id = $2 AND step_id = $3 AND attempt = $4 AND status = 'scheduled'",
@@ -188,82 +330,94 @@ impl Queue for SqliteStore {
         now: Millis,
     ) -> Result<Applied> {
         let mut tx = self.write().await?;
-        let lease_ms: Option<i64> = sqlx::query_scalar(
-            "DELETE FROM jobs WHERE id = $1 AND lease_token = $2 RETURNING lease_ms",
-        )
-        .bind(job.id)
-        .bind(job.lease_token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(lease_ms) = lease_ms else {
-            return Ok(Applied::Stale);
-        };
-        let sql = format!("SELECT {} FROM runs WHERE id = $1", rows::RUN_COLUMNS);
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&job.run_id)
-            .fetch_one(&mut *tx)
+        let held = sqlx::query("DELETE FROM jobs WHERE id = $1 AND lease_token = $2")
+            .bind(job.id)
+            .bind(job.lease_token)
+            .execute(&mut *tx)
             .await?;
-        let run = rows::run(&row)?;
+        if held.rows_affected() == 0 {
+            return Ok(Applied::Stale);
+        }
+        let run = load_run(&mut tx, &job.run_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("job of missing run {}", job.run_id)))?;
         if run.status.is_terminal() {
             tx.commit().await?;
             return Ok(Applied::Stale);
         }
-        if let (Some(step_id), Some(result)) = (&job.step_id, &result) {
-            record_step(&mut tx, job, step_id, result, now).await?;
-            if let StepResult::Failed {
-                retry_at: Some(at), ..
-            } = result
-            {
-                let retry = NewStep {
-                    step_id: step_id.clone(),
-                    attempt: job.attempt + 1,
-                    run_at: *at,
-                    lease_ms,
-                    timer: false,
-                };
-                schedule_steps(&mut tx, &run.id, &[retry], now).await?;
-                tx.commit().await?;
-                return Ok(Applied::Done {
-                    terminal: None,
-                    event: false,
-                });
-            }
+        let step = job.step_id.as_deref().map(|id| (id, job.attempt));
+        if let (Some((step_id, attempt)), JobKind::Timeout) = (step, job.kind) {
+            sqlx::query(
+                "UPDATE approvals SET status = 'timed_out' \
+                 WHERE run_id = $1 AND step_id = $2 AND attempt = $3 AND status = 'pending'",
+            )
+            .bind(&run.id)
+            .bind(step_id)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
         }
-        let steps_rows = sqlx::query(
-            "SELECT * FROM step_executions WHERE run_id = $1 ORDER BY step_id, attempt",
-        )
-        .bind(&run.id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let steps = steps_rows
-            .iter()
-            .map(rows::step_execution)
-            .collect::<Result<Vec<_>>>()?;
-        let plan = planner.plan(&run, &steps, now);
-        let applied = match &plan.terminal {
-            Some(terminal) => {
-                end_run(&mut tx, &run, terminal, now).await?;
-                Applied::Done {
-                    terminal: Some(terminal.status),
-                    event: terminal.event.is_some(),
-                }
-            }
-            None => {
-                schedule_steps(&mut tx, &run.id, &plan.start, now).await?;
-                if plan.status != run.status {
-                    sqlx::query("UPDATE runs SET status = $1 WHERE id = $2")
-                        .bind(plan.status.as_str())
-                        .bind(&run.id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Applied::Done {
-                    terminal: None,
-                    event: false,
-                }
-            }
-        };
+        let applied = apply_result(&mut tx, &run, step, result, planner, now).await?;
         tx.commit().await?;
         Ok(applied)
     }
+
+    async fn complete_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: i64,
+        completion_hash: &str,
+        result: StepResult,
+        planner: &dyn Planner,
+        now: Millis,
+    ) -> Result<Completion> {
+        let mut tx = self.write().await?;
+        let found: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, completion_hash FROM step_executions \
+             WHERE run_id = $1 AND step_id = $2 AND attempt = $3",
+        )
+        .bind(run_id)
+        .bind(step_id)
+        .bind(attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, previous)) = found else {
+            return Ok(Completion::NotFound);
+        };
+        if let Some(previous) = previous {
+            return Ok(if previous == completion_hash {
+                Completion::Duplicate
+            } else {
+                Completion::Conflict
+            });
+        }
+        let run = load_run(&mut tx, run_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("step of missing run {run_id}")))?;
+        if run.status.is_terminal() || !matches!(status.as_str(), "scheduled" | "running") {
+            return Ok(Completion::Gone);
+        }
+        sqlx::query("DELETE FROM jobs WHERE run_id = $1 AND step_id = $2")
+            .bind(run_id)
+            .bind(step_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE step_executions SET completion_hash = $1 \
+             WHERE run_id = $2 AND step_id = $3 AND attempt = $4",
+        )
+        .bind(completion_hash)
+        .bind(run_id)
+        .bind(step_id)
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        let applied =
+            apply_result(&mut tx, &run, Some((step_id, attempt)), Some(result), planner, now)
+                .await?;
+        tx.commit().await?;
+        Ok(Completion::Applied(applied))
+    }
+
 }

@@ -4,10 +4,11 @@ use async_trait::async_trait;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::admin::cursor;
+use super::queue::{end_run, load_run, promote_queued};
 use super::{SqliteStore, rows};
 use crate::{
-    CreatedRun, Millis, NewRun, NewStep, Page, Result, RunFilter, RunRecord, RunStatus, Runs,
-    StepExecution,
+    Cancelled, CreatedRun, Millis, NewRun, NewStep, Page, Result, RunFilter, RunRecord, RunStatus,
+    Runs, StepExecution, Terminal,
 };
 
 /// How long an `Idempotency-Key` is remembered.
@@ -183,6 +184,35 @@ impl Runs for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(rows::step_execution).collect()
+    }
+
+    async fn cancel_run(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        terminal: &Terminal,
+        now: Millis,
+    ) -> Result<Cancelled> {
+        let mut tx = self.write().await?;
+        let Some(run) = load_run(&mut tx, id)
+            .await?
+            .filter(|r| r.workspace_id == workspace_id)
+        else {
+            return Ok(Cancelled::NotFound);
+        };
+        if run.status.is_terminal() {
+            return Ok(Cancelled::AlreadyTerminal(run.status));
+        }
+        end_run(&mut tx, &run, terminal, now).await?;
+        tx.commit().await?;
+        Ok(Cancelled::Done)
+    }
+
+    async fn promote_queued(&self, deployment_id: &str, now: Millis) -> Result<()> {
+        let mut tx = self.write().await?;
+        promote_queued(&mut tx, deployment_id, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn list_runs(

@@ -263,6 +263,11 @@ pub async fn update(
     }
     deployment.updated_at = now_ms();
     app.store.update_deployment(&deployment).await?;
+    // A raised (or removed) limit frees slots for queued runs.
+    app.store
+        .promote_queued(&deployment.id, deployment.updated_at)
+        .await?;
+    app.work.notify_one();
     Ok(Json(render(&deployment)))
 }
 

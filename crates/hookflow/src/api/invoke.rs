@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hookflow_store::{
-    CreatedRun, Delivery, IdempotencyClaim, NewRun, RunRecord, RunStatus, Source,
+    CreatedRun, Delivery, Deployment, IdempotencyClaim, NewRun, RunRecord, RunStatus, Source,
 };
 use serde_json::{Map, Value, json};
 
@@ -26,7 +26,7 @@ const MAX_USER: usize = 256;
 /// How often a sync invoke re-reads its run when no wake-up came (another node may run it).
 const SYNC_POLL: Duration = Duration::from_millis(1000);
 
-/// A validated start request, shared by invoke and (later) webhook triggers.
+/// A validated start request, shared by invoke and webhook triggers.
 pub struct StartRequest {
     pub inputs: Value,
     pub user: Option<String>,
@@ -159,28 +159,45 @@ pub async fn invoke(
         metadata: metadata(object.get("metadata"))?,
         callback_url: async_config(object.get("async"))?,
     };
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
-                .ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                    ))
-                })?
-                .to_string(),
-        ),
-    };
-
+    let idempotency = idempotency_claim(&headers, &body.raw)?;
     let deployment = find(&app, &auth.workspace_id, deployment_name).await?;
+    start_run(&app, &deployment, variant_name, start, Source::Api, idempotency).await
+}
+
+/// Reads the `Idempotency-Key` header into a claim on this request body.
+pub fn idempotency_claim(headers: &HeaderMap, raw: &[u8]) -> ApiResult<Option<(String, String)>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some((key.to_string(), body_hash(raw))))
+}
+
+/// Validates and creates a run of a deployment variant, then answers: at once for callback
+/// delivery, after waiting for the run for direct delivery. `idempotency` is (key, body hash).
+pub async fn start_run(
+    app: &Arc<App>,
+    deployment: &Deployment,
+    variant_name: &str,
+    start: StartRequest,
+    source: Source,
+    idempotency: Option<(String, String)>,
+) -> ApiResult<Response> {
+    let workspace_id = &deployment.workspace_id;
     let variant = deployment
         .variants
         .get(variant_name)
         .ok_or_else(|| ApiError::not_found(format!("Variant not found: {variant_name}")))?;
     let def = app
-        .definition(&auth.workspace_id, &deployment.workflow, variant.version)
+        .definition(workspace_id, &deployment.workflow, variant.version)
         .await?
         .ok_or_else(|| ApiError::internal("deployment pins a missing workflow version"))?;
     let sync = start.callback_url.is_none();
@@ -202,18 +219,20 @@ pub async fn invoke(
     let now = now_ms();
     let id = request_id();
     let (first, start_status) = first_steps(&def, now);
-    let async_answer = json!({
-        "request_id": id, "run_status": RunStatus::Running, "webhook_secret": deployment.secret,
-    });
+    let mut async_answer = json!({ "request_id": id, "run_status": RunStatus::Running });
+    if source == Source::Api {
+        // A trigger's caller already holds the secret.
+        async_answer["webhook_secret"] = deployment.secret.clone().into();
+    }
     let run = NewRun {
         id: id.clone(),
-        workspace_id: auth.workspace_id.clone(),
+        workspace_id: workspace_id.clone(),
         deployment_id: deployment.id.clone(),
         deployment_name: deployment.name.clone(),
         variant: variant_name.to_string(),
         workflow: deployment.workflow.clone(),
         version: variant.version,
-        source: Source::Api,
+        source,
         delivery: if sync {
             Delivery::Direct
         } else {
@@ -228,9 +247,9 @@ pub async fn invoke(
         first_steps: first,
         concurrency_limit: deployment.concurrency_limit,
         refuse_when_full: sync,
-        idempotency: idempotency_key.map(|key| IdempotencyClaim {
+        idempotency: idempotency.map(|(key, body_hash)| IdempotencyClaim {
             key,
-            body_hash: body_hash(&body.raw),
+            body_hash,
             response: async_answer.clone(),
         }),
         created_at: now,
@@ -239,7 +258,7 @@ pub async fn invoke(
         CreatedRun::Created(status) => {
             app.work.notify_one();
             if sync {
-                wait_for(&app, &auth.workspace_id, &id).await
+                wait_for(app, workspace_id, &id).await
             } else {
                 let mut answer = async_answer;
                 if status == RunStatus::Queued {
@@ -253,7 +272,7 @@ pub async fn invoke(
             response,
         } => {
             if sync {
-                wait_for(&app, &auth.workspace_id, &request_id).await
+                wait_for(app, workspace_id, &request_id).await
             } else {
                 Ok((StatusCode::ACCEPTED, Json(response)).into_response())
             }

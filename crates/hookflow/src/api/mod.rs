@@ -2,11 +2,14 @@
 //! call; they never run steps themselves.
 
 mod accounts;
+mod approvals;
+mod completions;
 mod deployments;
 mod error;
 mod extract;
 mod invoke;
 mod runs;
+mod triggers;
 mod workflows;
 
 use std::sync::Arc;
@@ -91,6 +94,24 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v1/workflow/runs/{id}/deliveries/retry",
             post(runs::retry_delivery),
+        )
+        .route("/v1/workflow/runs/{id}/cancel", post(runs::cancel))
+        .route(
+            "/v1/workflow/webhooks/{deployment_id}/variants/{variant}",
+            post(triggers::trigger),
+        )
+        .route(
+            "/webhook/{flow_id}/{step_id}/{token}",
+            post(completions::complete),
+        )
+        .route("/v1/workflow/approvals", get(approvals::list))
+        .route(
+            "/v1/workflow/approvals/{id}",
+            get(approvals::get).post(approvals::respond),
+        )
+        .route(
+            "/v1/workflow/approvals/{id}/respond",
+            post(approvals::respond_with_token),
         )
         .fallback(|| async { ApiError::not_found("Not found") })
         .method_not_allowed_fallback(|| async {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use hookflow_store::{
-    AttemptEffect, AttemptRecord, Delivery, RunFilter, RunRecord, RunStatus, Source, StepExecution,
-    Trigger,
+    Applied, AttemptEffect, AttemptRecord, Cancelled, Delivery, RunFilter, RunRecord, RunStatus,
+    Source, StepExecution, Terminal, Trigger,
 };
 use serde_json::{Value, json};
 
@@ -230,4 +230,54 @@ pub async fn retry_delivery(
         .record_attempt(&event.id, &run.id, None, &sent.record, effect)
         .await?;
     Ok(Json(render_attempt(&sent.record)))
+}
+
+/// `POST /v1/workflow/runs/{id}/cancel` `{"reason"?}`: the run becomes `cancelled`, its open
+/// work is abandoned, and a `workflow.cancelled` event is sent for callback delivery.
+pub async fn cancel(
+    State(app): State<Arc<App>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Json<Value>> {
+    let reason = match body.object()?.get("reason") {
+        None | Some(Value::Null) => "cancelled by API request".to_string(),
+        Some(Value::String(r)) if !r.is_empty() && r.len() <= 1024 => r.clone(),
+        Some(_) => return Err(ApiError::invalid("reason must be a string of 1-1024 characters")),
+    };
+    let run = find(&app, &auth.workspace_id, &id).await?;
+    let error = format!("Workflow cancelled: {reason}");
+    let event = (run.delivery == Delivery::Callback)
+        .then(|| run.callback_url.clone())
+        .flatten()
+        .map(|url| terminal_event(&run, RunStatus::Cancelled, None, Some(&error), url));
+    let terminal = Terminal {
+        status: RunStatus::Cancelled,
+        output: None,
+        error: Some(error),
+        event,
+    };
+    let has_event = terminal.event.is_some();
+    match app
+        .store
+        .cancel_run(&auth.workspace_id, &run.id, &terminal, now_ms())
+        .await?
+    {
+        Cancelled::Done => {
+            app.signal(
+                &run.id,
+                &Applied::Done {
+                    terminal: Some(RunStatus::Cancelled),
+                    event: has_event,
+                },
+            );
+            let run = find(&app, &auth.workspace_id, &id).await?;
+            Ok(Json(render(&run)))
+        }
+        Cancelled::AlreadyTerminal(status) => Err(ApiError::conflict(
+            "run_finished",
+            format!("The run has already ended ({status})"),
+        )),
+        Cancelled::NotFound => Err(ApiError::run_not_found()),
+    }
 }

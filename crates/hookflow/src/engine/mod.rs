@@ -7,11 +7,12 @@ mod steps;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookflow_store::{Applied, ClaimedJob, StepResult};
+use hookflow_store::ClaimedJob;
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms};
 pub use planner::{RunPlanner, first_steps, run_context, step_states};
+pub use steps::fail as failed_attempt;
 
 /// Steps executing at once on one node.
 const MAX_IN_FLIGHT: usize = 256;
@@ -103,7 +104,7 @@ async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
             let executions = app.store.step_executions(&run.id).await?;
             let (_, outputs) = step_states(&def, &executions);
             let ctx = run_context(&run, &outputs, &secrets);
-            Some(steps::execute(app, step, job.attempt, &ctx).await)
+            Some(steps::execute(app, &run, step, job, &ctx).await)
         }
     };
     let planner = RunPlanner {
@@ -111,30 +112,7 @@ async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
         templates: &app.templates,
         secrets: &secrets,
     };
-    let retry = matches!(
-        result,
-        Some(StepResult::Failed {
-            retry_at: Some(_),
-            ..
-        })
-    );
-    match app
-        .store
-        .finish_job(job, result, &planner, now_ms())
-        .await?
-    {
-        Applied::Stale => {}
-        Applied::Done { terminal, event } => {
-            if terminal.is_some() {
-                app.waiters.wake(&run.id);
-            }
-            if event {
-                app.outbox.notify_one();
-            }
-            if terminal.is_none() || retry {
-                app.work.notify_one();
-            }
-        }
-    }
+    let applied = app.store.finish_job(job, result, &planner, now_ms()).await?;
+    app.signal(&run.id, &applied);
     Ok(())
 }

@@ -20,9 +20,21 @@ pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra lease time beyond a step's timeout before another node may take the job over.
 const LEASE_MARGIN_MS: i64 = 30_000;
 
-/// The timeout of one attempt of a step.
+/// How long an async step waits for its completion without its own `timeout`.
+pub const DEFAULT_ASYNC_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The timeout of one attempt of an `http` step.
 pub fn step_timeout(step: &StepDef) -> Duration {
     step.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT)
+}
+
+/// How long executing one attempt may hold its job: the outbound call, if the kind makes one.
+fn call_timeout(step: &StepDef) -> Duration {
+    match step.kind {
+        StepKind::Http(_) => step_timeout(step),
+        StepKind::AsyncHttp(_) => DEFAULT_STEP_TIMEOUT,
+        _ => Duration::ZERO,
+    }
 }
 
 /// A new first attempt of `step`, due now (or after its duration, for a delay).
@@ -35,16 +47,17 @@ pub fn new_step(step: &StepDef, attempt: i64, run_at: Millis) -> NewStep {
         step_id: step.id.clone(),
         attempt,
         run_at,
-        lease_ms: step_timeout(step).as_millis() as i64 + LEASE_MARGIN_MS,
+        lease_ms: call_timeout(step).as_millis() as i64 + LEASE_MARGIN_MS,
         timer,
     }
 }
 
-/// The status of a live run whose open steps are `open`: waiting when only timers are open.
+/// The status of a live run whose open steps are `open`: `waiting` when every open step waits
+/// on something outside hookflow (a delay, an async completion, a person).
 fn live_status<'a>(def: &WorkflowDef, open: impl IntoIterator<Item = &'a str>) -> RunStatus {
     let busy = open.into_iter().any(|id| {
         def.step(id)
-            .is_some_and(|s| !matches!(s.kind, StepKind::Delay { .. }))
+            .is_some_and(|s| matches!(s.kind, StepKind::Http(_) | StepKind::Transform { .. }))
     });
     if busy {
         RunStatus::Running

@@ -1,0 +1,104 @@
+//! PostgreSQL backend, built for many nodes sharing one database.
+//!
+//! Every method is one transaction at `READ COMMITTED`; where nodes could race, explicit locks
+//! decide: claims take rows with `FOR UPDATE SKIP LOCKED`, a run being advanced is locked with
+//! `FOR UPDATE`, and per-key critical sections (workflow versions, a deployment's concurrency
+//! slots) take transaction-scoped advisory locks. Lock order, to stay free of deadlocks:
+//! run row, then its jobs and step executions, then the deployment's advisory lock, then
+//! queued run rows (taken with `SKIP LOCKED`). Commits that create work or events also
+//! `pg_notify` the other nodes (see [`listen`]).
+
+mod admin;
+mod approvals;
+mod deliveries;
+mod listen;
+mod queue;
+mod rows;
+mod runs;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use crate::{Millis, Page, Result, StoreError};
+
+/// Connections per node.
+const POOL_SIZE: u32 = 16;
+
+/// The PostgreSQL implementation of [`crate::Store`].
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to a `postgres://` URL with a pool of 16 connections and runs migrations
+    /// (sqlx serializes them with an advisory lock, so nodes may start together).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, POOL_SIZE).await
+    }
+
+    /// Like [`PgStore::connect`], with a pool of `max_connections`.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|_| StoreError::UnsupportedUrl(url.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool; a running [`crate::Signals::watch`] task stops with it.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+/// Advisory lock namespaces (the first key of `pg_advisory_xact_lock(int4, int4)`, a key
+/// space apart from sqlx's single-bigint migration lock).
+#[derive(Clone, Copy)]
+#[repr(i32)]
+enum LockSpace {
+    /// Creating the next version of one workflow (key: workspace id and name).
+    WorkflowVersion = 1,
+    /// Counting and filling one deployment's concurrency slots (key: deployment id).
+    DeploymentSlots = 2,
+}
+
+/// Takes a transaction-scoped advisory lock on `key` in `space` (a hash collision only
+/// serializes two unrelated keys).
+async fn lock(conn: &mut PgConnection, space: LockSpace, key: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(space as i32)
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The upper bound used when a page has no cursor (sorts after every id and name in "C" order).
+fn cursor(page: &Page) -> &str {
+    page.cursor.as_deref().unwrap_or("\u{10FFFF}")
+}
+
+/// PostgreSQL text cannot hold U+0000: free text from outside (errors, response bodies) loses it.
+fn clean(text: Option<&str>) -> Option<String> {
+    text.map(|t| t.replace('\0', "\u{FFFD}"))
+}
+
+/// The current time for rows whose time the caller does not pass.
+fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or_default()
+}
