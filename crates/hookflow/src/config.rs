@@ -33,7 +33,7 @@ pub enum Command {
 /// The database to use.
 #[derive(Debug, Args)]
 pub struct DatabaseArg {
-    /// Database URL: sqlite://PATH (default sqlite://hookflow.db).
+    /// Database URL: sqlite://PATH (default sqlite://hookflow.db) or postgres://….
     #[arg(long, env = "HOOKFLOW_DATABASE_URL")]
     pub database: Option<String>,
 }
@@ -71,7 +71,7 @@ pub struct VerifyArgs {
 /// `hookflow serve` flags. Unset flags fall back to the config file, then to defaults.
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// Database URL: sqlite://PATH [default: sqlite://hookflow.db].
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://hookflow.db].
     #[arg(long, env = "HOOKFLOW_DATABASE_URL")]
     pub database: Option<String>,
     /// Address to listen on [default: 127.0.0.1:8080].

@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use hookflow_store::Store;
+use hookflow_store::postgres::PgStore;
 use hookflow_store::sqlite::SqliteStore;
+use hookflow_store::{Signal, Store};
 
 use crate::app::{App, now_ms};
 use crate::config::{ServeArgs, Settings};
@@ -15,8 +16,10 @@ use crate::tokens::Tokens;
 pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PgStore::connect(url).await?))
     } else {
-        anyhow::bail!("unsupported database URL {url:?}: use sqlite://PATH")
+        anyhow::bail!("unsupported database URL {url:?}: use sqlite://PATH or postgres://…")
     }
 }
 
@@ -53,6 +56,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{addr}"));
     let tokens = Tokens::new(&store.server_key("tokens").await?);
     let app = Arc::new(App::new(store, settings, public_url, tokens));
+    let signalled = app.clone();
+    app.store
+        .watch(Arc::new(move |signal| match signal {
+            Signal::Work => signalled.work.notify_one(),
+            Signal::Outbox => signalled.outbox.notify_one(),
+            Signal::RunEnded(run_id) => signalled.waiters.wake(&run_id),
+        }))
+        .await?;
     tokio::spawn(crate::engine::run(app.clone()));
     tokio::spawn(crate::delivery::run(app.clone()));
     println!("hookflow listening on http://{addr}");
