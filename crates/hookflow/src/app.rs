@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hookflow_core::{Templates, WorkflowDef};
 use hookflow_store::{Applied, Millis, Store, StoreError};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
 use crate::config::Settings;
@@ -31,6 +32,8 @@ pub struct App {
     pub http: reqwest::Client,
     pub definitions: DefinitionCache,
     pub tokens: Tokens,
+    /// Renders `/metrics` (None when no recorder is installed).
+    pub metrics: Option<PrometheusHandle>,
     pub waiters: Waiters,
     /// Wakes the engine: new jobs were committed.
     pub work: Notify,
@@ -45,6 +48,7 @@ impl App {
         settings: Settings,
         public_url: String,
         tokens: Tokens,
+        metrics: Option<PrometheusHandle>,
     ) -> Self {
         let policy = Arc::new(NetworkPolicy::new(settings.allow_networks.clone()));
         let user_agent = format!("hookflow/{}", env!("CARGO_PKG_VERSION"));
@@ -57,6 +61,7 @@ impl App {
             templates: Templates::new(),
             definitions: DefinitionCache::default(),
             tokens,
+            metrics,
             waiters: Waiters::default(),
             work: Notify::new(),
             outbox: Notify::new(),
@@ -66,7 +71,9 @@ impl App {
     /// Wakes whoever a committed change concerns: the run's sync waiter, delivery, the engine.
     pub fn signal(&self, run_id: &str, applied: &Applied) {
         if let Applied::Done { terminal, event } = applied {
-            if terminal.is_some() {
+            if let Some(status) = terminal {
+                metrics::counter!("hookflow_runs_finished_total", "status" => status.as_str())
+                    .increment(1);
                 self.waiters.wake(run_id);
             }
             if *event {

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod engine;
 pub mod events;
 pub mod ids;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod tokens;

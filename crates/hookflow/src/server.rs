@@ -55,7 +55,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
     let tokens = Tokens::new(&store.server_key("tokens").await?);
-    let app = Arc::new(App::new(store, settings, public_url, tokens));
+    let metrics = crate::metrics::install()?;
+    let app = Arc::new(App::new(store, settings, public_url, tokens, Some(metrics)));
     let signalled = app.clone();
     app.store
         .watch(Arc::new(move |signal| match signal {

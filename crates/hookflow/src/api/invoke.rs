@@ -256,6 +256,8 @@ pub async fn start_run(
     };
     match app.store.create_run(&run).await? {
         CreatedRun::Created(status) => {
+            metrics::counter!("hookflow_runs_started_total", "source" => source.as_str())
+                .increment(1);
             app.work.notify_one();
             if sync {
                 wait_for(app, workspace_id, &id).await

@@ -104,6 +104,14 @@ async fn attempt(app: &App, delivery: &ClaimedDelivery) -> anyhow::Result<()> {
         mut record,
         outcome,
     } = send(app, &out, number, Trigger::Scheduled).await;
+    let label = match outcome {
+        AttemptOutcome::Delivered => "delivered",
+        AttemptOutcome::Gone => "gone",
+        AttemptOutcome::TooManyRequests { .. } => "throttled",
+        AttemptOutcome::TimedOut => "timed_out",
+        AttemptOutcome::Failed { .. } => "failed",
+    };
+    metrics::counter!("hookflow_delivery_attempts_total", "outcome" => label).increment(1);
     let effect = match outcome {
         AttemptOutcome::Delivered => AttemptEffect::Delivered,
         _ => match app

@@ -7,7 +7,7 @@ mod steps;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookflow_store::ClaimedJob;
+use hookflow_store::{ClaimedJob, StepResult};
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms};
@@ -112,6 +112,15 @@ async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
         templates: &app.templates,
         secrets: &secrets,
     };
+    if let Some(result) = &result {
+        let outcome = match result {
+            StepResult::Completed(_) => "completed",
+            StepResult::Skipped => "skipped",
+            StepResult::Failed { .. } => "failed",
+            StepResult::Waiting { .. } => "waiting",
+        };
+        metrics::counter!("hookflow_step_attempts_total", "outcome" => outcome).increment(1);
+    }
     let applied = app.store.finish_job(job, result, &planner, now_ms()).await?;
     app.signal(&run.id, &applied);
     Ok(())
