@@ -1,0 +1,124 @@
+//! The command line: the first-start key, `hookflow keys create`, `hookflow verify`.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_first_start_prints_a_working_key_and_a_restart_prints_none() {
+    let mut server = Server::start_default().await;
+    let printed = server.printed_key.clone().unwrap_or_else(|| {
+        panic!(
+            "no `API key for workspace default: …` line in {:?}",
+            server.stdout.lock().unwrap()
+        )
+    });
+    assert!(printed.starts_with("hf_"), "{printed}");
+    let (status, body) = server
+        .api()
+        .with_key(Some(&printed))
+        .get("/v1/workflows")
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    server.restart().await;
+    assert_eq!(
+        server.printed_key, None,
+        "a database that has a workspace gets no new key"
+    );
+    let (status, body) = server
+        .api()
+        .with_key(Some(&printed))
+        .get("/v1/workflows")
+        .await;
+    assert_eq!(status, 200, "the key survives a restart: {body}");
+}
+
+#[tokio::test]
+async fn keys_create_prints_a_key_alone_for_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("hookflow.db").display());
+    let first = create_key(&db_url, None).await;
+    let second = create_key(&db_url, None).await;
+    assert_ne!(first, second);
+
+    let server = Server::start_on(dir, db_url.clone(), ServerOpts::default()).await;
+    for key in [&first, &second] {
+        let (status, body) = server.api().with_key(Some(key)).get("/v1/workflows").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // While the server runs, too.
+    let third = create_key(&db_url, None).await;
+    let (status, body) = server
+        .api()
+        .with_key(Some(&third))
+        .get("/v1/workflows")
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn verify_checks_a_real_callback() {
+    let server = Server::start_default().await;
+    let api = server.api();
+    let dep = api.deploy(&echo_workflow("echo")).await;
+    let receiver = Receiver::start().await;
+    api.invoke_async("echo", json!({ "v": 1 }), &receiver.callback_url())
+        .await;
+    let callback = receiver.callbacks(1).await.remove(0);
+
+    let body_file = server.dir().join("body.json");
+    std::fs::write(&body_file, &callback.body).unwrap();
+    let tampered_file = server.dir().join("tampered.json");
+    let mut tampered = callback.body.clone();
+    tampered.insert(1, b' ');
+    std::fs::write(&tampered_file, &tampered).unwrap();
+
+    let header = |name: &str| format!("{name}: {}", callback.header(name).unwrap());
+    let simple = [header("x-hookflow-signature")];
+    let standard = [
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ];
+    let all: Vec<String> = simple.iter().chain(&standard).cloned().collect();
+
+    let verify = |secret: String, file: &std::path::Path, headers: &[String]| {
+        let mut args = vec![
+            "verify".to_string(),
+            "--secret".into(),
+            secret,
+            "--body-file".into(),
+        ];
+        args.push(file.display().to_string());
+        for h in headers {
+            args.push("--header".into());
+            args.push(h.clone());
+        }
+        async move { cli(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    for headers in [&all[..], &simple[..], &standard[..]] {
+        let out = verify(dep.secret.clone(), &body_file, headers).await;
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{headers:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    let other = api.deploy(&echo_workflow("other")).await;
+    for (secret, file) in [
+        (other.secret.clone(), &body_file),
+        (dep.secret.clone(), &tampered_file),
+    ] {
+        let out = verify(secret, file, &all).await;
+        assert!(
+            matches!(out.code, Some(c) if c != 0),
+            "must fail: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
