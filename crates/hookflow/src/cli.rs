@@ -1,9 +1,10 @@
-//! The one-shot commands: `migrate`, `keys create`, `verify`.
+//! The one-shot commands: `migrate`, `keys create`, `verify`, and the development receiver
+//! `listen`.
 
 use std::collections::HashMap;
 use std::io::Read;
 
-use crate::config::{DEFAULT_DATABASE, DatabaseArg, VerifyArgs};
+use crate::config::{DEFAULT_DATABASE, DatabaseArg, ListenArgs, VerifyArgs};
 use crate::server::{connect, new_key};
 
 fn database(arg: DatabaseArg) -> String {
@@ -75,5 +76,55 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     if checked == 0 {
         anyhow::bail!("no signature header given (X-Hookflow-Signature or webhook-signature)");
     }
+    Ok(())
+}
+
+/// Checks the Standard Webhooks signature (and the simple one) of a received event.
+fn check(secrets: &[&str], headers: &axum::http::HeaderMap, body: &[u8]) -> String {
+    if secrets.is_empty() {
+        return "not verified (no --secret)".to_string();
+    }
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let standard = hookflow_webhooks::verify_standard(
+        secrets,
+        get("webhook-id"),
+        get("webhook-timestamp"),
+        get("webhook-signature"),
+        body,
+        now,
+        300,
+    );
+    let simple =
+        hookflow_webhooks::verify_simple(secrets, get("x-hookflow-signature"), body);
+    match (standard, simple) {
+        (Ok(()), Ok(())) => "signatures valid".to_string(),
+        (Err(e), _) => format!("INVALID webhook-signature: {e}"),
+        (_, Err(e)) => format!("INVALID X-Hookflow-Signature: {e}"),
+    }
+}
+
+/// `hookflow listen`: prints each event with its verification result, answers `--status`.
+pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
+    let status = axum::http::StatusCode::from_u16(args.status)?;
+    let secrets = std::sync::Arc::new(args.secret);
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let secrets = secrets.clone();
+            async move {
+                let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+                let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                println!("--- {uri} webhook-id={id}: {}", check(&secrets, &headers, &body));
+                println!("{}", String::from_utf8_lossy(&body));
+                status
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    eprintln!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
     Ok(())
 }

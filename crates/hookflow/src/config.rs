@@ -28,6 +28,23 @@ pub enum Command {
     Keys(KeysCommand),
     /// Check a callback's signatures (exit status 0 when every signature present verifies).
     Verify(VerifyArgs),
+    /// Run a local callback receiver that verifies and prints every event (development).
+    Listen(ListenArgs),
+}
+
+/// `hookflow listen …`
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: String,
+    /// The deployment secret (`whsec_…`) to verify with; repeatable. Without one, events are
+    /// printed unverified.
+    #[arg(long)]
+    pub secret: Vec<String>,
+    /// Status code to answer with (e.g. 500 to watch hookflow retry).
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
 }
 
 /// The database to use.

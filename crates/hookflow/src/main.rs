@@ -18,5 +18,6 @@ async fn main() -> anyhow::Result<()> {
             database,
         }) => hookflow::cli::create_key(&workspace, database).await,
         Command::Verify(args) => hookflow::cli::verify(args),
+        Command::Listen(args) => hookflow::cli::listen(args).await,
     }
 }
