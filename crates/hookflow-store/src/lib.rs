@@ -216,7 +216,6 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<Completion>;
 }
 
-
 /// Human approvals.
 #[async_trait]
 pub trait Approvals: Send + Sync + 'static {

@@ -243,7 +243,12 @@ impl Definitions for PgStore {
     ) -> Result<i64> {
         let mut tx = self.begin().await?;
         // Two nodes saving the same workflow at once would both compute MAX + 1.
-        lock(&mut tx, LockSpace::WorkflowVersion, &format!("{workspace_id}/{name}")).await?;
+        lock(
+            &mut tx,
+            LockSpace::WorkflowVersion,
+            &format!("{workspace_id}/{name}"),
+        )
+        .await?;
         let version: i64 = sqlx::query_scalar(
             "INSERT INTO workflows (workspace_id, name, version, definition, created_at) \
              SELECT $1, $2, COALESCE(MAX(version), 0) + 1, $3, $4 FROM workflows \

@@ -4,15 +4,14 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 
-use super::listen::notify;
 use super::{PgStore, clean, rows};
 use crate::{
     AttemptEffect, AttemptRecord, ClaimedDelivery, DeliveryStatus, EventRecord, Millis, NewEvent,
-    Outbox, Page, Result, RunRecord, Signal, Trigger,
+    Outbox, Page, Result, RunRecord, Trigger,
 };
 
-/// Writes an event row of a run; `run_at` Some schedules it (and wakes the delivery loops),
-/// None keeps it for manual delivery only.
+/// Writes an event row of a run; `run_at` Some schedules it, None keeps it for manual delivery
+/// only.
 pub(super) async fn insert_delivery(
     conn: &mut PgConnection,
     run: &RunRecord,
@@ -34,11 +33,8 @@ pub(super) async fn insert_delivery(
     .bind(&event.url)
     .bind(run_at)
     .bind(now)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
-    if run_at.is_some() {
-        notify(conn, &Signal::Outbox).await?;
-    }
     Ok(())
 }
 
@@ -69,13 +65,11 @@ impl Outbox for PgStore {
         lease_ms: i64,
     ) -> Result<Vec<ClaimedDelivery>> {
         let rows = sqlx::query(
-            "WITH due AS ( \
+            "UPDATE deliveries SET run_at = $1 + $3, lease_token = lease_token + 1 \
+             WHERE id = ANY(ARRAY( \
                SELECT id FROM deliveries WHERE run_at <= $1 ORDER BY run_at LIMIT $2 \
-               FOR UPDATE SKIP LOCKED) \
-             UPDATE deliveries d SET run_at = $1 + $3, lease_token = d.lease_token + 1 \
-             FROM due WHERE d.id = due.id \
-             RETURNING d.id, d.lease_token, d.run_id, d.deployment_id, d.event_type, d.payload, \
-               d.url, d.attempts",
+               FOR UPDATE SKIP LOCKED)) \
+             RETURNING id, lease_token, run_id, deployment_id, event_type, payload, url, attempts",
         )
         .bind(now)
         .bind(limit)

@@ -1,12 +1,21 @@
-//! Cross-node wake-ups over `LISTEN/NOTIFY`: transactions queue a notification that PostgreSQL
-//! delivers on commit; every node listens on one channel and turns payloads into [`Signal`]s.
+//! Cross-node wake-ups over `LISTEN/NOTIFY`: every node listens on one channel and turns
+//! payloads into [`Signal`]s.
+//!
+//! Signals are sent after the commit that calls for them, by a background task that folds
+//! whatever piled up into one statement. A `pg_notify` inside the writing transaction would be
+//! delivered on commit too, but PostgreSQL then holds its cluster-wide notify lock through that
+//! commit's WAL flush, so notifying commits cannot share a flush: measured here, creating runs
+//! went from ~5,300/s to ~1,200/s. Signals are hints backed by polling, so one lost in a crash
+//! between commit and send costs a poll interval, nothing more.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnection, PgListener, PgPool};
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::mpsc;
 
 use super::PgStore;
 use crate::{Result, Signal, SignalHandler, Signals};
@@ -35,15 +44,49 @@ fn decode(payload: &str) -> Option<Signal> {
     }
 }
 
-/// Queues `signal` for every listening node, delivered when the transaction commits (equal
-/// signals within one transaction are folded into one).
-pub(super) async fn notify(conn: &mut PgConnection, signal: &Signal) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(encode(signal).as_ref())
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Sends committed transactions' signals to every listening node.
+#[derive(Debug, Clone)]
+pub(super) struct Notifier {
+    queue: mpsc::UnboundedSender<Vec<Signal>>,
+}
+
+impl Notifier {
+    /// Starts the sending task; it ends when the last `Notifier` clone is dropped.
+    pub(super) fn start(pool: PgPool) -> Self {
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(send_all(pool, pending));
+        Self { queue }
+    }
+
+    /// Queues the signals of a committed transaction.
+    pub(super) fn send(&self, signals: Vec<Signal>) {
+        if !signals.is_empty() {
+            // Fails only once the sending task is gone, with the store.
+            let _ = self.queue.send(signals);
+        }
+    }
+}
+
+async fn send_all(pool: PgPool, mut pending: mpsc::UnboundedReceiver<Vec<Signal>>) {
+    while let Some(first) = pending.recv().await {
+        let mut payloads: BTreeSet<String> = BTreeSet::new();
+        let mut add = |signals: Vec<Signal>| {
+            payloads.extend(signals.iter().map(|s| encode(s).into_owned()));
+        };
+        add(first);
+        while let Ok(more) = pending.try_recv() {
+            add(more);
+        }
+        let payloads: Vec<String> = payloads.into_iter().collect();
+        let sent = sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
+            .bind(CHANNEL)
+            .bind(&payloads)
+            .execute(&pool)
+            .await;
+        if let Err(error) = sent {
+            tracing::warn!(%error, "could not signal the other nodes (they will poll)");
+        }
+    }
 }
 
 async fn subscribe(pool: &PgPool) -> Result<PgListener> {

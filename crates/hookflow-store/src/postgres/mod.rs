@@ -5,8 +5,8 @@
 //! `FOR UPDATE`, and per-key critical sections (workflow versions, a deployment's concurrency
 //! slots) take transaction-scoped advisory locks. Lock order, to stay free of deadlocks:
 //! run row, then its jobs and step executions, then the deployment's advisory lock, then
-//! queued run rows (taken with `SKIP LOCKED`). Commits that create work or events also
-//! `pg_notify` the other nodes (see [`listen`]).
+//! queued run rows (taken with `SKIP LOCKED`). Commits that create work or events, or end a
+//! run, then wake the other nodes (see [`listen`]).
 
 mod admin;
 mod approvals;
@@ -16,12 +16,14 @@ mod queue;
 mod rows;
 mod runs;
 
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use crate::{Millis, Page, Result, StoreError};
+use crate::{Millis, Page, Result, Signal, StoreError};
+use listen::Notifier;
 
 /// Connections per node.
 const POOL_SIZE: u32 = 16;
@@ -30,6 +32,7 @@ const POOL_SIZE: u32 = 16;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    notifier: Notifier,
 }
 
 impl PgStore {
@@ -42,15 +45,20 @@ impl PgStore {
     /// Like [`PgStore::connect`], with a pool of `max_connections`.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self> {
         let options: PgConnectOptions = url
-            .parse()
-            .map_err(|_| StoreError::UnsupportedUrl(url.to_string()))?;
+            .parse::<PgConnectOptions>()
+            .map_err(|_| StoreError::UnsupportedUrl(url.to_string()))?
+            .application_name("hookflow")
+            // A node that stalls inside a transaction (a frozen VM, a cut network) must not
+            // hold its row locks for the hours TCP keepalive may take to notice.
+            .options([("idle_in_transaction_session_timeout", "60s")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let notifier = Notifier::start(pool.clone());
+        Ok(Self { pool, notifier })
     }
 
     /// Closes the pool; a running [`crate::Signals::watch`] task stops with it.
@@ -58,8 +66,48 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
-        Ok(self.pool.begin().await?)
+    async fn begin(&self) -> Result<Tx> {
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+            signals: Vec::new(),
+            notifier: self.notifier.clone(),
+        })
+    }
+}
+
+/// A transaction that collects the [`Signal`]s its changes call for, sent once it commits.
+struct Tx {
+    inner: Transaction<'static, Postgres>,
+    signals: Vec<Signal>,
+    notifier: Notifier,
+}
+
+impl Tx {
+    /// Wakes the other nodes with `signal` if this transaction commits.
+    fn signal(&mut self, signal: Signal) {
+        if !self.signals.contains(&signal) {
+            self.signals.push(signal);
+        }
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.inner.commit().await?;
+        self.notifier.send(self.signals);
+        Ok(())
+    }
+}
+
+impl Deref for Tx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.inner
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.inner
     }
 }
 

@@ -9,9 +9,8 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 use super::deliveries::insert_delivery;
-use super::listen::notify;
 use super::runs::schedule_steps;
-use super::{LockSpace, PgStore, clean, lock, rows};
+use super::{LockSpace, PgStore, Tx, clean, lock, rows};
 use crate::{
     Applied, ClaimedJob, Completion, JobKind, Millis, NewApproval, Planner, Queue, Result,
     RunRecord, Signal, StepResult, StoreError, Terminal,
@@ -60,7 +59,7 @@ async fn abandon_open_work(conn: &mut PgConnection, run_id: &str, now: Millis) -
 /// Makes a locked run terminal, writes its event (the outbox row) and frees its concurrency
 /// slot.
 pub(super) async fn end_run(
-    conn: &mut PgConnection,
+    tx: &mut Tx,
     run: &RunRecord,
     terminal: &Terminal,
     now: Millis,
@@ -73,13 +72,14 @@ pub(super) async fn end_run(
     .bind(clean(terminal.error.as_deref()))
     .bind(now)
     .bind(&run.id)
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?;
-    abandon_open_work(conn, &run.id, now).await?;
+    abandon_open_work(tx, &run.id, now).await?;
     if let Some(event) = &terminal.event {
-        insert_delivery(conn, run, event, Some(now), now).await?;
+        insert_delivery(tx, run, event, Some(now), now).await?;
+        tx.signal(Signal::Outbox);
     }
-    notify(conn, &Signal::RunEnded(run.id.clone())).await?;
+    tx.signal(Signal::RunEnded(run.id.clone()));
     // Deployments without a limit and without queued runs (the common case) skip the slot
     // lock, so their runs end without waiting for each other.
     let promote: Option<bool> = sqlx::query_scalar(
@@ -88,22 +88,18 @@ pub(super) async fn end_run(
          FROM deployments d WHERE d.id = $1",
     )
     .bind(&run.deployment_id)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut **tx)
     .await?;
     if promote == Some(true) {
-        promote_queued(conn, &run.deployment_id, now).await?;
+        promote_queued(tx, &run.deployment_id, now).await?;
     }
     Ok(())
 }
 
 /// Starts the oldest queued runs of a deployment while it has free slots, under the
 /// deployment's slot lock (which `create_run` takes to count and queue).
-pub(super) async fn promote_queued(
-    conn: &mut PgConnection,
-    deployment_id: &str,
-    now: Millis,
-) -> Result<()> {
-    lock(conn, LockSpace::DeploymentSlots, deployment_id).await?;
+pub(super) async fn promote_queued(tx: &mut Tx, deployment_id: &str, now: Millis) -> Result<()> {
+    lock(tx, LockSpace::DeploymentSlots, deployment_id).await?;
     // Free slots: unlimited without a limit (LIMIT NULL), none without the deployment. A queued
     // run locked by a concurrent cancel is skipped rather than waited for.
     let started = sqlx::query(
@@ -112,23 +108,22 @@ pub(super) async fn promote_queued(
              GREATEST(d.concurrency_limit - (SELECT COUNT(*) FROM runs a \
                WHERE a.deployment_id = $1 AND a.status IN ('running', 'waiting')), 0) END AS n \
            FROM deployments d WHERE d.id = $1), \
-         picked AS ( \
-           SELECT r.id FROM runs r WHERE r.deployment_id = $1 AND r.status = 'queued' \
-           AND EXISTS (SELECT 1 FROM free) \
-           ORDER BY r.id LIMIT (SELECT n FROM free) FOR UPDATE SKIP LOCKED), \
          started AS ( \
-           UPDATE runs r SET status = 'running', started_at = $2 FROM picked \
-           WHERE r.id = picked.id RETURNING r.id) \
+           UPDATE runs SET status = 'running', started_at = $2 WHERE id = ANY(ARRAY( \
+             SELECT id FROM runs WHERE deployment_id = $1 AND status = 'queued' \
+             AND EXISTS (SELECT 1 FROM free) \
+             ORDER BY id LIMIT (SELECT n FROM free) FOR UPDATE SKIP LOCKED)) \
+           RETURNING id) \
          INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
          SELECT id, NULL, 0, $2, $3 FROM started",
     )
     .bind(deployment_id)
     .bind(now)
     .bind(TIMER_LEASE_MS)
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?;
     if started.rows_affected() > 0 {
-        notify(conn, &Signal::Work).await?;
+        tx.signal(Signal::Work);
     }
     Ok(())
 }
@@ -166,7 +161,7 @@ async fn record_step(
 
 /// Opens a human step's approval (and its `approval.requested` event).
 async fn open_approval(
-    conn: &mut PgConnection,
+    tx: &mut Tx,
     run: &RunRecord,
     step_id: &str,
     attempt: i64,
@@ -186,17 +181,18 @@ async fn open_approval(
     .bind(&approval.assignee)
     .bind(now)
     .bind(approval.deadline)
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?;
     if let Some(event) = &approval.event {
-        insert_delivery(conn, run, event, Some(now), now).await?;
+        insert_delivery(tx, run, event, Some(now), now).await?;
+        tx.signal(Signal::Outbox);
     }
     Ok(())
 }
 
 /// Applies one attempt's result to a live, locked run, then plans what follows.
 pub(super) async fn apply_result(
-    conn: &mut PgConnection,
+    tx: &mut Tx,
     run: &RunRecord,
     step: Option<(&str, i64)>,
     result: Option<StepResult>,
@@ -204,12 +200,12 @@ pub(super) async fn apply_result(
     now: Millis,
 ) -> Result<Applied> {
     if let (Some((step_id, attempt)), Some(result)) = (step, &result) {
-        record_step(conn, &run.id, step_id, attempt, result, now).await?;
+        record_step(tx, &run.id, step_id, attempt, result, now).await?;
         match result {
             StepResult::Failed {
                 retry: Some(retry), ..
             } => {
-                schedule_steps(conn, &run.id, std::slice::from_ref(retry), now).await?;
+                schedule_steps(tx, &run.id, std::slice::from_ref(retry), now).await?;
                 return Ok(Applied::Done {
                     terminal: None,
                     event: false,
@@ -226,34 +222,29 @@ pub(super) async fn apply_result(
                     .bind(attempt)
                     .bind(deadline)
                     .bind(TIMER_LEASE_MS)
-                    .execute(&mut *conn)
+                    .execute(&mut **tx)
                     .await?;
-                    notify(conn, &Signal::Work).await?;
+                    tx.signal(Signal::Work);
                 }
                 if let Some(approval) = approval {
-                    open_approval(conn, run, step_id, attempt, approval, now).await?;
+                    open_approval(tx, run, step_id, attempt, approval, now).await?;
                 }
             }
             _ => {}
         }
     }
-    plan(conn, run, planner, now).await
+    plan(tx, run, planner, now).await
 }
 
 /// Asks the planner what follows from the run's stored state, and writes it.
-async fn plan(
-    conn: &mut PgConnection,
-    run: &RunRecord,
-    planner: &dyn Planner,
-    now: Millis,
-) -> Result<Applied> {
+async fn plan(tx: &mut Tx, run: &RunRecord, planner: &dyn Planner, now: Millis) -> Result<Applied> {
     let sql = format!(
         "SELECT {} FROM step_executions WHERE run_id = $1 ORDER BY step_id, attempt",
         rows::STEP_COLUMNS
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&run.id)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut **tx)
         .await?;
     let steps = rows
         .iter()
@@ -261,18 +252,18 @@ async fn plan(
         .collect::<Result<Vec<_>>>()?;
     let plan = planner.plan(run, &steps, now);
     if let Some(terminal) = &plan.terminal {
-        end_run(conn, run, terminal, now).await?;
+        end_run(tx, run, terminal, now).await?;
         return Ok(Applied::Done {
             terminal: Some(terminal.status),
             event: terminal.event.is_some(),
         });
     }
-    schedule_steps(conn, &run.id, &plan.start, now).await?;
+    schedule_steps(tx, &run.id, &plan.start, now).await?;
     if plan.status != run.status {
         sqlx::query("UPDATE runs SET status = $1 WHERE id = $2")
             .bind(plan.status.as_str())
             .bind(&run.id)
-            .execute(&mut *conn)
+            .execute(&mut **tx)
             .await?;
     }
     Ok(Applied::Done {
@@ -284,16 +275,17 @@ async fn plan(
 #[async_trait]
 impl Queue for PgStore {
     /// One statement: `SKIP LOCKED` lets nodes claim side by side without waiting for or
-    /// double-claiming each other's rows; the walk along `jobs_due` stops after `limit` rows.
+    /// double-claiming each other's rows; the walk along `jobs_due` stops after `limit` rows,
+    /// and `id = ANY(ARRAY(…))` keeps the update on the primary key whatever the planner
+    /// guesses for the batch size (a join may turn into a scan of the whole backlog).
     async fn claim_jobs(&self, now: Millis, limit: i64) -> Result<Vec<ClaimedJob>> {
         let rows = sqlx::query(
-            "WITH due AS ( \
-               SELECT id FROM jobs WHERE run_at <= $1 ORDER BY run_at, id LIMIT $2 \
-               FOR UPDATE SKIP LOCKED), \
-             claimed AS ( \
-               UPDATE jobs j SET run_at = $1 + j.lease_ms, lease_token = j.lease_token + 1 \
-               FROM due WHERE j.id = due.id \
-               RETURNING j.id, j.run_id, j.step_id, j.attempt, j.lease_token, j.kind), \
+            "WITH claimed AS ( \
+               UPDATE jobs SET run_at = $1 + lease_ms, lease_token = lease_token + 1 \
+               WHERE id = ANY(ARRAY( \
+                 SELECT id FROM jobs WHERE run_at <= $1 ORDER BY run_at, id LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED)) \
+               RETURNING id, run_id, step_id, attempt, lease_token, kind), \
              started AS ( \
                UPDATE step_executions s SET status = 'running', started_at = $1 FROM claimed c \
                WHERE c.kind = 'execute' AND s.run_id = c.run_id AND s.step_id = c.step_id \
@@ -396,7 +388,8 @@ impl Queue for PgStore {
                 Completion::Conflict
             });
         }
-        let run = run.ok_or_else(|| StoreError::Corrupt(format!("step of missing run {run_id}")))?;
+        let run =
+            run.ok_or_else(|| StoreError::Corrupt(format!("step of missing run {run_id}")))?;
         if run.status.is_terminal() || !matches!(status.as_str(), "scheduled" | "running") {
             return Ok(Completion::Gone);
         }

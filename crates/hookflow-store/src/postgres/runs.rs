@@ -4,9 +4,8 @@ use async_trait::async_trait;
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, QueryBuilder};
 
-use super::listen::notify;
 use super::queue::{end_run, lock_run, promote_queued};
-use super::{LockSpace, PgStore, cursor, lock, rows};
+use super::{LockSpace, PgStore, Tx, cursor, lock, rows};
 use crate::{
     Cancelled, CreatedRun, IdempotencyClaim, Millis, NewRun, NewStep, Page, Result, RunFilter,
     RunRecord, RunStatus, Runs, Signal, StepExecution, Terminal,
@@ -17,7 +16,7 @@ const IDEMPOTENCY_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
 
 /// Inserts step executions and their jobs in one statement, and wakes the other nodes.
 pub(super) async fn schedule_steps(
-    conn: &mut PgConnection,
+    tx: &mut Tx,
     run_id: &str,
     steps: &[NewStep],
     now: Millis,
@@ -43,9 +42,10 @@ pub(super) async fn schedule_steps(
     .bind(steps.iter().map(|s| s.lease_ms).collect::<Vec<_>>())
     .bind(steps.iter().map(|s| s.timer).collect::<Vec<_>>())
     .bind(now)
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?;
-    notify(conn, &Signal::Work).await
+    tx.signal(Signal::Work);
+    Ok(())
 }
 
 /// Takes the idempotency key for this run (replacing an expired use), or returns the answer

@@ -83,9 +83,9 @@ impl Approvals for SqliteStore {
             ApprovalStatus::Cancelled | ApprovalStatus::TimedOut => return Ok(Completion::Gone),
             ApprovalStatus::Approved | ApprovalStatus::Rejected => return Ok(Completion::Conflict),
         }
-        let run = load_run(&mut tx, &found.run_id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("approval of missing run {}", found.run_id)))?;
+        let run = load_run(&mut tx, &found.run_id).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("approval of missing run {}", found.run_id))
+        })?;
         if run.status.is_terminal() {
             return Ok(Completion::Gone);
         }

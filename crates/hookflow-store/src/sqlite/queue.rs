@@ -31,10 +31,12 @@ pub(super) async fn abandon_open_work(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE approvals SET status = 'cancelled' WHERE run_id = $1 AND status = 'pending'")
-        .bind(run_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE approvals SET status = 'cancelled' WHERE run_id = $1 AND status = 'pending'",
+    )
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -183,7 +185,10 @@ async fn open_approval(
 }
 
 /// Loads a run inside a transaction.
-pub(super) async fn load_run(conn: &mut SqliteConnection, run_id: &str) -> Result<Option<RunRecord>> {
+pub(super) async fn load_run(
+    conn: &mut SqliteConnection,
+    run_id: &str,
+) -> Result<Option<RunRecord>> {
     let sql = format!("SELECT {} FROM runs WHERE id = $1", rows::RUN_COLUMNS);
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(run_id)
@@ -244,10 +249,11 @@ async fn plan(
     planner: &dyn Planner,
     now: Millis,
 ) -> Result<Applied> {
-    let rows = sqlx::query("SELECT * FROM step_executions WHERE run_id = $1 ORDER BY step_id, attempt")
-        .bind(&run.id)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows =
+        sqlx::query("SELECT * FROM step_executions WHERE run_id = $1 ORDER BY step_id, attempt")
+            .bind(&run.id)
+            .fetch_all(&mut *conn)
+            .await?;
     let steps = rows
         .iter()
         .map(rows::step_execution)
@@ -413,11 +419,16 @@ impl Queue for SqliteStore {
         .bind(attempt)
         .execute(&mut *tx)
         .await?;
-        let applied =
-            apply_result(&mut tx, &run, Some((step_id, attempt)), Some(result), planner, now)
-                .await?;
+        let applied = apply_result(
+            &mut tx,
+            &run,
+            Some((step_id, attempt)),
+            Some(result),
+            planner,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Completion::Applied(applied))
     }
-
 }

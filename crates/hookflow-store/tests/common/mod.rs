@@ -298,7 +298,11 @@ impl Planner for DagPlanner {
                 *slot = e;
             }
         }
-        let done = |id: &str| latest.get(id).is_some_and(|e| e.status == StepStatus::Completed);
+        let done = |id: &str| {
+            latest
+                .get(id)
+                .is_some_and(|e| e.status == StepStatus::Completed)
+        };
         if let Some(failed) = latest.values().find(|e| e.status == StepStatus::Failed) {
             return Plan {
                 start: vec![],

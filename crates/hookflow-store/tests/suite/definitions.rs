@@ -25,14 +25,35 @@ pub async fn workflow_versions(db: &TestDb) {
     assert_eq!(create("flow", 2).await, 2);
     assert_eq!(create("another", 1).await, 1);
 
-    let latest = s.workflow_version(&ws.id, "flow", None).await.unwrap().unwrap();
+    let latest = s
+        .workflow_version(&ws.id, "flow", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((latest.version, latest.definition), (2, json!({"v": 2})));
-    let first = s.workflow_version(&ws.id, "flow", Some(1)).await.unwrap().unwrap();
+    let first = s
+        .workflow_version(&ws.id, "flow", Some(1))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((first.version, first.created_at), (1, T0 + 1));
-    assert!(s.workflow_version(&ws.id, "flow", Some(3)).await.unwrap().is_none());
-    assert!(s.workflow_version(&ws.id, "nope", None).await.unwrap().is_none());
+    assert!(
+        s.workflow_version(&ws.id, "flow", Some(3))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.workflow_version(&ws.id, "nope", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let versions = s.workflow_versions(&ws.id, "flow").await.unwrap();
-    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [2, 1]
+    );
 
     let page = |limit, cursor: Option<&str>| Page {
         limit,
@@ -45,7 +66,10 @@ pub async fn workflow_versions(db: &TestDb) {
         .collect::<Vec<_>>();
     assert_eq!(summary, [("flow", 2, T0 + 2), ("another", 1, T0 + 1)]);
     assert_eq!(all[0].definition, json!({"v": 2}));
-    let next = s.list_workflows(&ws.id, &page(1, Some("flow"))).await.unwrap();
+    let next = s
+        .list_workflows(&ws.id, &page(1, Some("flow")))
+        .await
+        .unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].name, "another");
 }
@@ -58,7 +82,12 @@ pub async fn concurrent_workflow_versions(db: &TestDb) {
         let barrier = Arc::new(Barrier::new(writers));
         let mut tasks = JoinSet::new();
         for _ in 0..writers {
-            let (node, ws, name, barrier) = (db.node().await, ws.id.clone(), name.clone(), barrier.clone());
+            let (node, ws, name, barrier) = (
+                db.node().await,
+                ws.id.clone(),
+                name.clone(),
+                barrier.clone(),
+            );
             tasks.spawn(async move {
                 barrier.wait().await;
                 node.create_workflow_version(&ws, &name, &json!({}), T0)
@@ -109,7 +138,10 @@ pub async fn deployments(db: &TestDb) {
         listed.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
         ["beta", "alpha"]
     );
-    let next = s.list_deployments(&ws.id, &page(10, Some(&beta.id))).await.unwrap();
+    let next = s
+        .list_deployments(&ws.id, &page(10, Some(&beta.id)))
+        .await
+        .unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].id, alpha.id);
 

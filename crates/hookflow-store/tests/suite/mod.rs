@@ -5,3 +5,4 @@ pub mod definitions;
 pub mod outbox;
 pub mod queue;
 pub mod runs;
+pub mod waiting;

@@ -1,0 +1,135 @@
+//! The `Store` conformance suite, run against SQLite and PostgreSQL.
+//!
+//! PostgreSQL comes from `HOOKFLOW_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates and drops its own database.
+//! When PostgreSQL is unreachable the PostgreSQL tests fail: they never skip.
+
+mod common;
+mod suite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestDb;
+use hookflow_store::postgres::PgStore;
+use hookflow_store::{Accounts, Signal, StepResult};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// Instantiates every suite function once per backend.
+macro_rules! conformance {
+    ($($module:ident::$name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    crate::suite::$module::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::postgres().await;
+                    crate::suite::$module::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    accounts::workspaces_are_ensured_once,
+    accounts::api_keys,
+    accounts::secrets,
+    accounts::server_keys,
+    definitions::workflow_versions,
+    definitions::concurrent_workflow_versions,
+    definitions::deployments,
+    runs::create_and_read,
+    runs::idempotency,
+    runs::concurrency_limit_queues,
+    runs::concurrency_limit_race,
+    runs::promote_after_limit_raised,
+    runs::cancel,
+    runs::list_runs_filters,
+    queue::claims_lease_jobs,
+    queue::concurrent_claimers,
+    queue::finish_job_plans_next_steps,
+    queue::retries_then_fails,
+    queue::racing_finishes_end_run_once,
+    queue::racing_finishes_join_once,
+    outbox::deliveries_lease_and_record,
+    outbox::deliveries_give_up,
+    outbox::manual_event,
+    waiting::async_completion,
+    waiting::async_timeout,
+    waiting::racing_completions,
+    waiting::approvals,
+    waiting::approvals_time_out,
+    waiting::racing_answers,
+);
+
+/// SQLite serves one node: there is nothing to watch, and watching is harmless.
+#[tokio::test]
+async fn sqlite_watch_is_a_no_op() {
+    let db = TestDb::sqlite().await;
+    db.store.watch(Arc::new(|_| {})).await.unwrap();
+}
+
+/// A node watching sees other nodes' commits: new work, new events, ended runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_watch_signals() {
+    let db = TestDb::postgres().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    db.store
+        .watch(Arc::new(move |signal| {
+            let _ = tx.send(signal);
+        }))
+        .await
+        .unwrap();
+    let other = db.node().await;
+    let (_, dep) = common::fixture(&db, None).await;
+    let run = common::new_run(&dep, &["a"]);
+    other.create_run(&run).await.unwrap();
+    expect_signals(&mut rx, &[Signal::Work]).await;
+
+    let job = other.claim_jobs(common::T0, 10).await.unwrap().remove(0);
+    let planner = common::DagPlanner::parallel(&["a"]);
+    let done = Some(StepResult::Completed(serde_json::json!(1)));
+    other
+        .finish_job(&job, done, &planner, common::T0 + 1)
+        .await
+        .unwrap();
+    expect_signals(&mut rx, &[Signal::Outbox, Signal::RunEnded(run.id.clone())]).await;
+}
+
+/// Waits (up to 10 s) until every one of `wanted` arrived.
+async fn expect_signals(rx: &mut mpsc::UnboundedReceiver<Signal>, wanted: &[Signal]) {
+    let mut missing: Vec<&Signal> = wanted.iter().collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(signal)) => missing.retain(|w| **w != signal),
+            _ => panic!("signals never arrived: {missing:?}"),
+        }
+    }
+}
+
+/// Nodes starting together on an empty database migrate it once (sqlx's advisory lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_nodes_migrate_together() {
+    let empty = common::EmptyPg::create().await;
+    let mut tasks = JoinSet::new();
+    for _ in 0..4 {
+        let url = empty.url.clone();
+        tasks.spawn(async move { PgStore::connect_with(&url, 2).await });
+    }
+    for node in tasks.join_all().await {
+        let node = node.expect("every node starts");
+        assert_eq!(node.workspace_count().await.unwrap(), 0);
+        node.close().await;
+    }
+}

@@ -1,0 +1,380 @@
+//! The work queue: claims and leases, finishing jobs with a planner, and races between nodes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use hookflow_store::{Applied, ClaimedJob, JobKind, NewStep, RunStatus, StepResult, StepStatus};
+use serde_json::json;
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+use crate::common::{DagPlanner, LEASE, T0, TestDb, fixture, new_run};
+
+fn completed() -> Option<StepResult> {
+    Some(StepResult::Completed(json!({"ok": true})))
+}
+
+pub async fn claims_lease_jobs(db: &TestDb) {
+    let s = &db.store;
+    let (_, dep) = fixture(db, None).await;
+    let planner = DagPlanner::parallel(&["a", "later"]);
+    let mut run = new_run(&dep, &["a", "later"]);
+    run.first_steps[1].run_at = T0 + 3 * LEASE;
+    s.create_run(&run).await.unwrap();
+
+    assert!(s.claim_jobs(T0 - 1, 10).await.unwrap().is_empty());
+    let jobs = s.claim_jobs(T0, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let job = jobs[0].clone();
+    assert_eq!(
+        (
+            job.run_id.as_str(),
+            job.step_id.as_deref(),
+            job.attempt,
+            job.kind
+        ),
+        (run.id.as_str(), Some("a"), 1, JobKind::Execute)
+    );
+    let a = &s.step_executions(&run.id).await.unwrap()[0];
+    assert_eq!(
+        (a.step_id.as_str(), a.status, a.started_at),
+        ("a", StepStatus::Running, Some(T0))
+    );
+
+    // Leased: not claimable again until the lease passes, then with a new token.
+    assert!(s.claim_jobs(T0, 10).await.unwrap().is_empty());
+    assert!(s.claim_jobs(T0 + LEASE - 1, 10).await.unwrap().is_empty());
+    assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + LEASE));
+    let again = s.claim_jobs(T0 + LEASE, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, job.id);
+    assert!(again[0].lease_token > job.lease_token);
+
+    // The first holder lost its lease: its outcome is refused and changes nothing.
+    assert_eq!(
+        s.finish_job(&job, completed(), &planner, T0 + LEASE)
+            .await
+            .unwrap(),
+        Applied::Stale
+    );
+    assert_eq!(
+        s.step_executions(&run.id).await.unwrap()[0].status,
+        StepStatus::Running
+    );
+    assert_eq!(
+        s.finish_job(&again[0], completed(), &planner, T0 + LEASE)
+            .await
+            .unwrap(),
+        Applied::Done {
+            terminal: None,
+            event: false
+        }
+    );
+    assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + 3 * LEASE));
+    let later = s.claim_jobs(T0 + 3 * LEASE, 10).await.unwrap();
+    assert_eq!(later[0].step_id.as_deref(), Some("later"));
+    assert_eq!(
+        s.finish_job(&later[0], completed(), &planner, T0 + 3 * LEASE)
+            .await
+            .unwrap(),
+        Applied::Done {
+            terminal: Some(RunStatus::Completed),
+            event: true
+        }
+    );
+    assert_eq!(s.next_job_at().await.unwrap(), None);
+}
+
+/// Claimers on several nodes share the backlog without ever getting the same job twice.
+pub async fn concurrent_claimers(db: &TestDb) {
+    let (_, dep) = fixture(db, None).await;
+    for _ in 0..40 {
+        db.store
+            .create_run(&new_run(&dep, &["a", "b", "c", "d", "e"]))
+            .await
+            .unwrap();
+    }
+    let barrier = Arc::new(Barrier::new(4));
+    let mut tasks = JoinSet::new();
+    for _ in 0..4 {
+        let (node, barrier) = (db.node().await, barrier.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let mut mine = vec![];
+            loop {
+                let batch = node.claim_jobs(T0, 7).await.unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|j| j.id));
+            }
+        });
+    }
+    let claimed: Vec<i64> = tasks.join_all().await.into_iter().flatten().collect();
+    let distinct: HashSet<i64> = claimed.iter().copied().collect();
+    assert_eq!(claimed.len(), 200);
+    assert_eq!(distinct.len(), 200);
+}
+
+pub async fn finish_job_plans_next_steps(db: &TestDb) {
+    let s = &db.store;
+    let (ws, dep) = fixture(db, None).await;
+    let planner = DagPlanner::chain(&["a", "b"]);
+    let run = new_run(&dep, &["a"]);
+    s.create_run(&run).await.unwrap();
+
+    let a = s.claim_jobs(T0, 10).await.unwrap().remove(0);
+    let result = Some(StepResult::Completed(json!({"x": 1})));
+    assert_eq!(
+        s.finish_job(&a, result, &planner, T0 + 1).await.unwrap(),
+        Applied::Done {
+            terminal: None,
+            event: false
+        }
+    );
+    let steps = s.step_executions(&run.id).await.unwrap();
+    let summary = steps
+        .iter()
+        .map(|e| (e.step_id.as_str(), e.status))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        summary,
+        [("a", StepStatus::Completed), ("b", StepStatus::Scheduled)]
+    );
+    assert_eq!(steps[0].output, Some(json!({"x": 1})));
+    assert_eq!(steps[0].finished_at, Some(T0 + 1));
+
+    let b = s.claim_jobs(T0 + 1, 10).await.unwrap().remove(0);
+    assert_eq!(b.step_id.as_deref(), Some("b"));
+    assert_eq!(
+        s.finish_job(&b, Some(StepResult::Skipped), &planner, T0 + 2)
+            .await
+            .unwrap(),
+        Applied::Done {
+            terminal: None,
+            event: false
+        }
+    );
+    // Skipped is not completed for this planner: nothing new is ready, the run stays live.
+    assert_eq!(
+        s.run_by_id(&run.id).await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+
+    // A fresh run goes all the way.
+    let run = new_run(&dep, &["a"]);
+    s.create_run(&run).await.unwrap();
+    let a = s.claim_jobs(T0 + 2, 10).await.unwrap().remove(0);
+    s.finish_job(&a, completed(), &planner, T0 + 3)
+        .await
+        .unwrap();
+    let b = s.claim_jobs(T0 + 3, 10).await.unwrap().remove(0);
+    assert_eq!(
+        s.finish_job(&b, completed(), &planner, T0 + 4)
+            .await
+            .unwrap(),
+        Applied::Done {
+            terminal: Some(RunStatus::Completed),
+            event: true
+        }
+    );
+    let ended = s.run(&ws.id, &run.id).await.unwrap().unwrap();
+    assert_eq!(
+        (ended.status, ended.finished_at),
+        (RunStatus::Completed, Some(T0 + 4))
+    );
+    assert_eq!(
+        ended.output,
+        Some(json!({"a": {"ok": true}, "b": {"ok": true}}))
+    );
+    let event = s.run_event(&run.id).await.unwrap().unwrap();
+    assert_eq!(
+        (event.attempts, event.url.as_str()),
+        (0, "https://example.test/callback")
+    );
+    assert_eq!(event.status, hookflow_store::DeliveryStatus::Pending);
+    // A job of an ended run is stale.
+    assert_eq!(
+        s.finish_job(&b, completed(), &planner, T0 + 5)
+            .await
+            .unwrap(),
+        Applied::Stale
+    );
+}
+
+pub async fn retries_then_fails(db: &TestDb) {
+    let s = &db.store;
+    let (_, dep) = fixture(db, None).await;
+    let planner = DagPlanner::parallel(&["a"]);
+    let run = new_run(&dep, &["a"]);
+    s.create_run(&run).await.unwrap();
+    let first = s.claim_jobs(T0, 10).await.unwrap().remove(0);
+    let retry = NewStep {
+        step_id: "a".into(),
+        attempt: 2,
+        run_at: T0 + 100,
+        lease_ms: LEASE,
+        timer: false,
+    };
+    let failed = StepResult::Failed {
+        error: "boom".into(),
+        retry: Some(retry),
+    };
+    assert_eq!(
+        s.finish_job(&first, Some(failed), &planner, T0 + 1)
+            .await
+            .unwrap(),
+        Applied::Done {
+            terminal: None,
+            event: false
+        }
+    );
+    let steps = s.step_executions(&run.id).await.unwrap();
+    let summary = steps
+        .iter()
+        .map(|e| (e.attempt, e.status, e.error.as_deref()))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        summary,
+        [
+            (1, StepStatus::Failed, Some("boom")),
+            (2, StepStatus::Scheduled, None)
+        ]
+    );
+    assert!(s.claim_jobs(T0 + 99, 10).await.unwrap().is_empty());
+    let second = s.claim_jobs(T0 + 100, 10).await.unwrap().remove(0);
+    assert_eq!(second.attempt, 2);
+    let failed = StepResult::Failed {
+        error: "again\0".into(),
+        retry: None,
+    };
+    assert_eq!(
+        s.finish_job(&second, Some(failed), &planner, T0 + 101)
+            .await
+            .unwrap(),
+        Applied::Done {
+            terminal: Some(RunStatus::Failed),
+            event: true
+        }
+    );
+    let ended = s.run_by_id(&run.id).await.unwrap().unwrap();
+    assert_eq!(
+        (ended.status, ended.error.as_deref()),
+        (RunStatus::Failed, Some("step a failed"))
+    );
+}
+
+/// Claims every job due at `now` of one run (a few claims: other runs' jobs are left leased).
+async fn claim_run(db: &TestDb, run_id: &str, now: i64, count: usize) -> Vec<ClaimedJob> {
+    let jobs: Vec<ClaimedJob> = db
+        .store
+        .claim_jobs(now, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.run_id == run_id)
+        .collect();
+    assert_eq!(jobs.len(), count);
+    jobs
+}
+
+/// Finishes `jobs` at once, each on its own node.
+async fn finish_together(
+    db: &TestDb,
+    jobs: Vec<ClaimedJob>,
+    planner: Arc<DagPlanner>,
+    now: i64,
+) -> Vec<Applied> {
+    let barrier = Arc::new(Barrier::new(jobs.len()));
+    let mut tasks = JoinSet::new();
+    for job in jobs {
+        let (node, barrier, planner) = (db.node().await, barrier.clone(), planner.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            node.finish_job(&job, completed(), planner.as_ref(), now)
+                .await
+                .unwrap()
+        });
+    }
+    tasks.join_all().await
+}
+
+/// Two steps of one run finishing at once on two nodes: the run ends exactly once, with one
+/// event (neither finisher may plan without seeing the other's outcome).
+pub async fn racing_finishes_end_run_once(db: &TestDb) {
+    let (_, dep) = fixture(db, None).await;
+    let planner = Arc::new(DagPlanner::parallel(&["a", "b"]));
+    for round in 0..10 {
+        let now = T0 + round * 10 * LEASE;
+        let mut run = new_run(&dep, &["a", "b"]);
+        for step in &mut run.first_steps {
+            step.run_at = now;
+        }
+        db.store.create_run(&run).await.unwrap();
+        let jobs = claim_run(db, &run.id, now, 2).await;
+        let results = finish_together(db, jobs, planner.clone(), now + 1).await;
+        let ended = results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Applied::Done {
+                        terminal: Some(RunStatus::Completed),
+                        event: true
+                    }
+                )
+            })
+            .count();
+        assert_eq!(ended, 1, "round {round}: {results:?}");
+        assert!(results.contains(&Applied::Done {
+            terminal: None,
+            event: false
+        }));
+        let stored = db.store.run_by_id(&run.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, RunStatus::Completed);
+    }
+    // One outbox row per run.
+    let events = db
+        .store
+        .claim_deliveries(i64::MAX / 2, 1000, 1000)
+        .await
+        .unwrap();
+    let runs: HashSet<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
+    assert_eq!((events.len(), runs.len()), (10, 10));
+}
+
+/// Two branches finishing at once on two nodes start their join step exactly once.
+pub async fn racing_finishes_join_once(db: &TestDb) {
+    let (_, dep) = fixture(db, None).await;
+    let planner = Arc::new(DagPlanner {
+        steps: vec![("a", vec![]), ("b", vec![]), ("join", vec!["a", "b"])],
+    });
+    for round in 0..10 {
+        let now = T0 + round * 10 * LEASE;
+        let mut run = new_run(&dep, &["a", "b"]);
+        for step in &mut run.first_steps {
+            step.run_at = now;
+        }
+        db.store.create_run(&run).await.unwrap();
+        let jobs = claim_run(db, &run.id, now, 2).await;
+        let results = finish_together(db, jobs, planner.clone(), now + 1).await;
+        assert!(
+            results.iter().all(|r| *r
+                == Applied::Done {
+                    terminal: None,
+                    event: false
+                }),
+            "round {round}: {results:?}"
+        );
+        let joins = db
+            .store
+            .step_executions(&run.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.step_id == "join")
+            .count();
+        assert_eq!(joins, 1, "round {round}");
+        claim_run(db, &run.id, now + 1, 1).await;
+    }
+}

@@ -1,0 +1,512 @@
+//! Creating runs: idempotency, concurrency limits and queueing, cancelling, listing.
+
+use std::sync::Arc;
+
+use hookflow_store::{
+    Cancelled, CreatedRun, Delivery, IdempotencyClaim, JobKind, Page, RunFilter, RunStatus, Source,
+    StepStatus, Terminal,
+};
+use serde_json::json;
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+use crate::common::{DagPlanner, T0, TestDb, deployment, event, fixture, new_run};
+
+fn claim(key: &str, hash: &str) -> IdempotencyClaim {
+    IdempotencyClaim {
+        key: key.into(),
+        body_hash: hash.into(),
+        response: json!({"run_status": "running"}),
+    }
+}
+
+pub async fn create_and_read(db: &TestDb) {
+    let s = &db.store;
+    let (ws, dep) = fixture(db, None).await;
+    let mut run = new_run(&dep, &["a", "b"]);
+    run.user = Some("ann".into());
+    run.metadata = json!({"k": "v"});
+    run.settings = json!({"s": true});
+    assert!(matches!(
+        s.create_run(&run).await.unwrap(),
+        CreatedRun::Created(RunStatus::Running)
+    ));
+    let stored = s.run(&ws.id, &run.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Running);
+    assert_eq!(stored.deployment_id, dep.id);
+    assert_eq!(stored.inputs, json!({"n": 1}));
+    assert_eq!(stored.metadata, json!({"k": "v"}));
+    assert_eq!(stored.settings, json!({"s": true}));
+    assert_eq!(stored.user.as_deref(), Some("ann"));
+    assert_eq!((stored.created_at, stored.started_at), (T0, Some(T0)));
+    assert_eq!((stored.output, stored.finished_at), (None, None));
+    assert!(s.run("ws_other", &run.id).await.unwrap().is_none());
+    assert!(s.run_by_id(&run.id).await.unwrap().is_some());
+
+    let steps = s.step_executions(&run.id).await.unwrap();
+    let summary = steps
+        .iter()
+        .map(|e| (e.step_id.as_str(), e.attempt, e.status))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        summary,
+        [
+            ("a", 1, StepStatus::Scheduled),
+            ("b", 1, StepStatus::Scheduled)
+        ]
+    );
+    assert_eq!(s.next_job_at().await.unwrap(), Some(T0));
+
+    // A timer starts (and counts as running) as soon as it is scheduled.
+    let mut timed = new_run(&dep, &["wait"]);
+    timed.first_steps[0].timer = true;
+    timed.first_steps[0].run_at = T0 + 5_000;
+    timed.start_status = RunStatus::Waiting;
+    s.create_run(&timed).await.unwrap();
+    let stored = s.run_by_id(&timed.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Waiting);
+    let wait = &s.step_executions(&timed.id).await.unwrap()[0];
+    assert_eq!(
+        (wait.status, wait.started_at),
+        (StepStatus::Running, Some(T0))
+    );
+}
+
+pub async fn idempotency(db: &TestDb) {
+    let s = &db.store;
+    let (ws, dep) = fixture(db, None).await;
+    let mut first = new_run(&dep, &["a"]);
+    first.idempotency = Some(claim("k1", "h1"));
+    assert!(matches!(
+        s.create_run(&first).await.unwrap(),
+        CreatedRun::Created(_)
+    ));
+
+    let mut again = new_run(&dep, &["a"]);
+    again.idempotency = Some(claim("k1", "h1"));
+    again.created_at = T0 + 1000;
+    match s.create_run(&again).await.unwrap() {
+        CreatedRun::Replayed {
+            request_id,
+            response,
+        } => {
+            assert_eq!(request_id, first.id);
+            assert_eq!(response, json!({"run_status": "running"}));
+        }
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    let mut different = new_run(&dep, &["a"]);
+    different.idempotency = Some(claim("k1", "h2"));
+    assert!(matches!(
+        s.create_run(&different).await.unwrap(),
+        CreatedRun::IdempotencyConflict
+    ));
+    assert!(s.run_by_id(&again.id).await.unwrap().is_none());
+    assert!(s.run_by_id(&different.id).await.unwrap().is_none());
+
+    // After 24 hours the key is free again.
+    let mut later = new_run(&dep, &["a"]);
+    later.idempotency = Some(claim("k1", "h2"));
+    later.created_at = T0 + 24 * 60 * 60 * 1000;
+    assert!(matches!(
+        s.create_run(&later).await.unwrap(),
+        CreatedRun::Created(_)
+    ));
+
+    // Nodes racing with one key: one run is created, every other request replays it.
+    let barrier = Arc::new(Barrier::new(8));
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let (node, barrier) = (db.node().await, barrier.clone());
+        let mut run = new_run(&dep, &["a"]);
+        run.idempotency = Some(claim("k2", "h"));
+        tasks.spawn(async move {
+            barrier.wait().await;
+            (run.id.clone(), node.create_run(&run).await.unwrap())
+        });
+    }
+    let results = tasks.join_all().await;
+    let created: Vec<&String> = results
+        .iter()
+        .filter(|(_, r)| matches!(r, CreatedRun::Created(_)))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(created.len(), 1, "{results:?}");
+    for (_, result) in &results {
+        if let CreatedRun::Replayed { request_id, .. } = result {
+            assert_eq!(request_id, created[0]);
+        } else {
+            assert!(matches!(result, CreatedRun::Created(_)), "{result:?}");
+        }
+    }
+    let runs = s
+        .list_runs(
+            &ws.id,
+            &RunFilter::default(),
+            &Page {
+                limit: 100,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 3);
+}
+
+pub async fn concurrency_limit_queues(db: &TestDb) {
+    let s = &db.store;
+    let (_, dep) = fixture(db, Some(1)).await;
+    let planner = DagPlanner::parallel(&["a"]);
+    let r1 = new_run(&dep, &["a"]);
+    assert!(matches!(
+        s.create_run(&r1).await.unwrap(),
+        CreatedRun::Created(RunStatus::Running)
+    ));
+    let mut r2 = new_run(&dep, &["a"]);
+    r2.idempotency = Some(claim("q", "h"));
+    assert!(matches!(
+        s.create_run(&r2).await.unwrap(),
+        CreatedRun::Created(RunStatus::Queued)
+    ));
+    let mut replay = new_run(&dep, &["a"]);
+    replay.idempotency = Some(claim("q", "h"));
+    match s.create_run(&replay).await.unwrap() {
+        CreatedRun::Replayed { response, .. } => {
+            assert_eq!(response, json!({"run_status": "queued"}))
+        }
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    let mut sync = new_run(&dep, &["a"]);
+    sync.refuse_when_full = true;
+    sync.idempotency = Some(claim("sync", "h"));
+    assert!(matches!(
+        s.create_run(&sync).await.unwrap(),
+        CreatedRun::ConcurrencyLimit
+    ));
+    assert!(s.run_by_id(&sync.id).await.unwrap().is_none());
+
+    let queued = s.run_by_id(&r2.id).await.unwrap().unwrap();
+    assert_eq!(
+        (queued.status, queued.started_at),
+        (RunStatus::Queued, None)
+    );
+    assert!(s.step_executions(&r2.id).await.unwrap().is_empty());
+
+    // Only the running run has work; finishing it promotes the queued one.
+    let jobs = s.claim_jobs(T0, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].run_id, r1.id);
+    let done = s
+        .finish_job(
+            &jobs[0],
+            Some(hookflow_store::StepResult::Completed(json!(1))),
+            &planner,
+            T0 + 10,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        done,
+        hookflow_store::Applied::Done {
+            terminal: Some(RunStatus::Completed),
+            ..
+        }
+    ));
+    let promoted = s.run_by_id(&r2.id).await.unwrap().unwrap();
+    assert_eq!(
+        (promoted.status, promoted.started_at),
+        (RunStatus::Running, Some(T0 + 10))
+    );
+
+    // The promoted run starts through a start job (no step), which plans its first steps.
+    let jobs = s.claim_jobs(T0 + 10, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let start = &jobs[0];
+    assert_eq!(
+        (
+            start.run_id.as_str(),
+            start.step_id.as_deref(),
+            start.attempt
+        ),
+        (r2.id.as_str(), None, 0)
+    );
+    assert_eq!(start.kind, JobKind::Execute);
+    s.finish_job(start, None, &planner, T0 + 11).await.unwrap();
+    let jobs = s.claim_jobs(T0 + 11, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].step_id.as_deref(), Some("a"));
+
+    // While r2 holds the slot, a new run waits.
+    let r3 = new_run(&dep, &["a"]);
+    assert!(matches!(
+        s.create_run(&r3).await.unwrap(),
+        CreatedRun::Created(RunStatus::Queued)
+    ));
+}
+
+/// Nodes creating runs of a limited deployment at once never exceed the limit.
+pub async fn concurrency_limit_race(db: &TestDb) {
+    let (_, dep) = fixture(db, Some(2)).await;
+    let barrier = Arc::new(Barrier::new(10));
+    let mut tasks = JoinSet::new();
+    for _ in 0..10 {
+        let (node, barrier, run) = (db.node().await, barrier.clone(), new_run(&dep, &["a"]));
+        tasks.spawn(async move {
+            barrier.wait().await;
+            node.create_run(&run).await.unwrap()
+        });
+    }
+    let results = tasks.join_all().await;
+    let running = results
+        .iter()
+        .filter(|r| matches!(r, CreatedRun::Created(RunStatus::Running)))
+        .count();
+    let queued = results
+        .iter()
+        .filter(|r| matches!(r, CreatedRun::Created(RunStatus::Queued)))
+        .count();
+    assert_eq!((running, queued), (2, 8), "{results:?}");
+}
+
+pub async fn promote_after_limit_raised(db: &TestDb) {
+    let s = &db.store;
+    let (_, mut dep) = fixture(db, Some(1)).await;
+    let runs: Vec<_> = (0..4).map(|_| new_run(&dep, &["a"])).collect();
+    for run in &runs {
+        s.create_run(run).await.unwrap();
+    }
+    dep.concurrency_limit = Some(3);
+    s.update_deployment(&dep).await.unwrap();
+    s.promote_queued(&dep.id, T0 + 5).await.unwrap();
+    let statuses = {
+        let mut out = vec![];
+        for run in &runs {
+            out.push(s.run_by_id(&run.id).await.unwrap().unwrap().status);
+        }
+        out
+    };
+    // First in, first out.
+    assert_eq!(
+        statuses,
+        [
+            RunStatus::Running,
+            RunStatus::Running,
+            RunStatus::Running,
+            RunStatus::Queued
+        ]
+    );
+    let starts = s.claim_jobs(T0 + 5, 10).await.unwrap();
+    let mut started: Vec<_> = starts
+        .iter()
+        .filter(|j| j.step_id.is_none())
+        .map(|j| j.run_id.clone())
+        .collect();
+    started.sort();
+    assert_eq!(started, [runs[1].id.clone(), runs[2].id.clone()]);
+}
+
+pub async fn cancel(db: &TestDb) {
+    let s = &db.store;
+    let (ws, dep) = fixture(db, Some(1)).await;
+    let r1 = new_run(&dep, &["a", "b"]);
+    let r2 = new_run(&dep, &["a"]);
+    s.create_run(&r1).await.unwrap();
+    s.create_run(&r2).await.unwrap();
+    let held = s.claim_jobs(T0, 1).await.unwrap();
+    assert_eq!(held.len(), 1);
+
+    let stored = s.run_by_id(&r1.id).await.unwrap().unwrap();
+    let terminal = Terminal {
+        status: RunStatus::Cancelled,
+        output: None,
+        error: Some("cancelled".into()),
+        event: Some(event(&stored, "cancelled")),
+    };
+    assert_eq!(
+        s.cancel_run("ws_other", &r1.id, &terminal, T0 + 1)
+            .await
+            .unwrap(),
+        Cancelled::NotFound
+    );
+    assert_eq!(
+        s.cancel_run(&ws.id, "req_nope", &terminal, T0 + 1)
+            .await
+            .unwrap(),
+        Cancelled::NotFound
+    );
+    assert_eq!(
+        s.cancel_run(&ws.id, &r1.id, &terminal, T0 + 1)
+            .await
+            .unwrap(),
+        Cancelled::Done
+    );
+    let cancelled = s.run_by_id(&r1.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            cancelled.status,
+            cancelled.finished_at,
+            cancelled.error.as_deref()
+        ),
+        (RunStatus::Cancelled, Some(T0 + 1), Some("cancelled"))
+    );
+    let steps = s.step_executions(&r1.id).await.unwrap();
+    assert!(
+        steps.iter().all(|e| e.status == StepStatus::Abandoned),
+        "{steps:?}"
+    );
+    assert!(s.run_event(&r1.id).await.unwrap().is_some());
+    assert_eq!(
+        s.cancel_run(&ws.id, &r1.id, &terminal, T0 + 2)
+            .await
+            .unwrap(),
+        Cancelled::AlreadyTerminal(RunStatus::Cancelled)
+    );
+
+    // The held job is gone; the queued run took the slot.
+    let planner = DagPlanner::parallel(&["a", "b"]);
+    let result = Some(hookflow_store::StepResult::Completed(json!(1)));
+    assert_eq!(
+        s.finish_job(&held[0], result, &planner, T0 + 3)
+            .await
+            .unwrap(),
+        hookflow_store::Applied::Stale
+    );
+    let jobs = s.claim_jobs(T0 + 10 * 60_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].run_id.as_str(), jobs[0].step_id.as_deref()),
+        (r2.id.as_str(), None)
+    );
+}
+
+pub async fn list_runs_filters(db: &TestDb) {
+    let s = &db.store;
+    let (ws, d1) = fixture(db, None).await;
+    let d2 = deployment(&ws, "second", None);
+    s.create_deployment(&d2).await.unwrap();
+
+    let mut r1 = new_run(&d1, &[]);
+    r1.user = Some("ann".into());
+    r1.metadata = json!({"s": "abc", "n": 981, "b": true, "z": null, "o": {"x": 1}});
+    let mut r2 = new_run(&d1, &[]);
+    r2.source = Source::Webhook;
+    r2.delivery = Delivery::Direct;
+    r2.user = Some("bob".into());
+    r2.metadata = json!({"s": "x", "n": "981"});
+    r2.created_at = T0 + 10;
+    let mut r3 = new_run(&d2, &[]);
+    r3.metadata = json!({"s": "abc"});
+    r3.created_at = T0 + 20;
+    for run in [&r1, &r2, &r3] {
+        s.create_run(run).await.unwrap();
+    }
+    let list = |filter: RunFilter, limit: i64, cursor: Option<String>| {
+        let s = s.clone();
+        let ws = ws.id.clone();
+        async move {
+            s.list_runs(&ws, &filter, &Page { limit, cursor })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let ids =
+        |runs: &[&hookflow_store::NewRun]| runs.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    let meta = |pairs: &[(&str, &str)]| RunFilter {
+        metadata: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..RunFilter::default()
+    };
+
+    assert_eq!(
+        list(RunFilter::default(), 10, None).await,
+        ids(&[&r3, &r2, &r1])
+    );
+    let status = |status| RunFilter {
+        status: Some(status),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(status(RunStatus::Running), 10, None).await.len(), 3);
+    assert!(list(status(RunStatus::Queued), 10, None).await.is_empty());
+    let source = RunFilter {
+        source: Some(Source::Webhook),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(source, 10, None).await, ids(&[&r2]));
+    let delivery = RunFilter {
+        delivery: Some(Delivery::Direct),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(delivery, 10, None).await, ids(&[&r2]));
+    let by_id = RunFilter {
+        deployment: Some(d1.id.clone()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(by_id, 10, None).await, ids(&[&r2, &r1]));
+    let by_name = RunFilter {
+        deployment: Some("second".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(by_name, 10, None).await, ids(&[&r3]));
+    let user = RunFilter {
+        user: Some("ann".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(user, 10, None).await, ids(&[&r1]));
+
+    // Metadata values match the JSON value's text form.
+    assert_eq!(
+        list(meta(&[("s", "abc")]), 10, None).await,
+        ids(&[&r3, &r1])
+    );
+    assert_eq!(
+        list(meta(&[("n", "981")]), 10, None).await,
+        ids(&[&r2, &r1])
+    );
+    assert_eq!(list(meta(&[("b", "true")]), 10, None).await, ids(&[&r1]));
+    assert_eq!(list(meta(&[("z", "null")]), 10, None).await, ids(&[&r1]));
+    assert!(list(meta(&[("s", "\"abc\"")]), 10, None).await.is_empty());
+    assert!(
+        list(meta(&[("missing", "null")]), 10, None)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        list(meta(&[("s", "abc"), ("n", "981")]), 10, None).await,
+        ids(&[&r1])
+    );
+
+    let since = RunFilter {
+        since: Some(T0 + 10),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(since, 10, None).await, ids(&[&r3, &r2]));
+    let until = RunFilter {
+        until: Some(T0 + 10),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(until, 10, None).await, ids(&[&r1]));
+
+    assert_eq!(list(RunFilter::default(), 2, None).await, ids(&[&r3, &r2]));
+    assert_eq!(
+        list(RunFilter::default(), 2, Some(r2.id.clone())).await,
+        ids(&[&r1])
+    );
+    let other = s.ensure_workspace("other").await.unwrap();
+    let none = s
+        .list_runs(
+            &other.id,
+            &RunFilter::default(),
+            &Page {
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
