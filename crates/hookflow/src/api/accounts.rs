@@ -30,10 +30,10 @@ pub async fn create_key(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = match body.object()?.get("name") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= 200 => Some(s.as_str()),
+        Some(Value::String(s)) if s.len() <= 200 && !s.contains('\0') => Some(s.as_str()),
         Some(_) => {
             return Err(ApiError::invalid(
-                "name must be a string of at most 200 characters",
+                "name must be a string of at most 200 characters, without NUL characters",
             ));
         }
     };
@@ -103,10 +103,10 @@ pub async fn put_secret(
         ));
     }
     let value = match body.object()?.get("value") {
-        Some(Value::String(v)) if v.len() <= MAX_SECRET_BYTES => v,
+        Some(Value::String(v)) if v.len() <= MAX_SECRET_BYTES && !v.contains('\0') => v,
         Some(Value::String(_)) => {
             return Err(ApiError::invalid(format!(
-                "value is longer than {MAX_SECRET_BYTES} bytes"
+                "value must be at most {MAX_SECRET_BYTES} bytes, without NUL characters"
             )));
         }
         _ => {

@@ -69,9 +69,9 @@ pub async fn get(
 fn optional_text(body: &serde_json::Map<String, Value>, name: &str) -> ApiResult<Option<String>> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= MAX_TEXT => Ok(Some(s.clone())),
+        Some(Value::String(s)) if s.len() <= MAX_TEXT && !s.contains('\0') => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::invalid(format!(
-            "{name} must be a string of at most {MAX_TEXT} characters"
+            "{name} must be a string of at most {MAX_TEXT} characters, without NUL characters"
         ))),
     }
 }

@@ -51,9 +51,9 @@ pub fn metadata(value: Option<&Value>) -> ApiResult<Value> {
 pub fn user(value: Option<&Value>) -> ApiResult<Option<String>> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= MAX_USER => Ok(Some(s.clone())),
+        Some(Value::String(s)) if s.len() <= MAX_USER && !s.contains('\0') => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::invalid(format!(
-            "user must be a string of at most {MAX_USER} characters"
+            "user must be a string of at most {MAX_USER} characters, without NUL characters"
         ))),
     }
 }
