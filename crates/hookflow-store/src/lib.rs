@@ -22,6 +22,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0} already exists")]
     Duplicate(String),
+    #[error("commit failed: {0}")]
+    Commit(String),
     #[error("unsupported database URL: {0}")]
     UnsupportedUrl(String),
 }

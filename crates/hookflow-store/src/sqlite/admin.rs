@@ -80,6 +80,7 @@ impl Accounts for SqliteStore {
         now: Millis,
     ) -> Result<ApiKey> {
         let id = format!("key_{}", uuid::Uuid::now_v7().simple());
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO api_keys (id, workspace_id, name, key_hash, prefix, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -90,8 +91,9 @@ impl Accounts for SqliteStore {
         .bind(key_hash)
         .bind(prefix)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(ApiKey {
             id,
             name: name.map(str::to_string),
@@ -132,6 +134,7 @@ impl Accounts for SqliteStore {
     }
 
     async fn revoke_api_key(&self, workspace_id: &str, id: &str, now: Millis) -> Result<bool> {
+        let mut tx = self.write().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 \
              WHERE workspace_id = $2 AND id = $3 AND revoked_at IS NULL",
@@ -139,8 +142,9 @@ impl Accounts for SqliteStore {
         .bind(now)
         .bind(workspace_id)
         .bind(id)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -151,6 +155,7 @@ impl Accounts for SqliteStore {
         value: &str,
         now: Millis,
     ) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO secrets (workspace_id, name, value, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $4) \
@@ -160,17 +165,20 @@ impl Accounts for SqliteStore {
         .bind(name)
         .bind(value)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn delete_secret(&self, workspace_id: &str, name: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
         let done = sqlx::query("DELETE FROM secrets WHERE workspace_id = $1 AND name = $2")
             .bind(workspace_id)
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -327,6 +335,7 @@ impl Definitions for SqliteStore {
     }
 
     async fn create_deployment(&self, d: &Deployment) -> Result<()> {
+        let mut tx = self.write().await?;
         let done = sqlx::query(
             "INSERT INTO deployments (id, workspace_id, name, workflow, variants, \
              concurrency_limit, secret, previous_secret, previous_secret_expires_at, created_at, \
@@ -344,8 +353,9 @@ impl Definitions for SqliteStore {
         .bind(d.previous_secret_expires_at)
         .bind(d.created_at)
         .bind(d.updated_at)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Duplicate(format!("deployment {:?}", d.name)));
         }
@@ -386,6 +396,7 @@ impl Definitions for SqliteStore {
     }
 
     async fn update_deployment(&self, d: &Deployment) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE deployments SET variants = $1, concurrency_limit = $2, secret = $3, \
              previous_secret = $4, previous_secret_expires_at = $5, updated_at = $6 \
@@ -399,8 +410,9 @@ impl Definitions for SqliteStore {
         .bind(d.updated_at)
         .bind(&d.id)
         .bind(&d.workspace_id)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -135,7 +135,7 @@ impl Outbox for SqliteStore {
              WHERE run_id = $1 AND event_type LIKE 'workflow.%' ORDER BY created_at LIMIT 1",
         )
         .bind(run_id)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.reader)
         .await?;
         row.map(|r| {
             let status: String = r.try_get("status")?;
@@ -154,6 +154,7 @@ impl Outbox for SqliteStore {
     }
 
     async fn insert_event(&self, run: &RunRecord, event: &NewEvent, now: Millis) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, payload, \
              url, status, run_at, created_at, updated_at) \
@@ -167,8 +168,9 @@ impl Outbox for SqliteStore {
         .bind(&event.payload)
         .bind(&event.url)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

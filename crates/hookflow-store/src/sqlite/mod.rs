@@ -7,6 +7,7 @@ mod deliveries;
 mod queue;
 mod rows;
 mod runs;
+mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,14 +15,16 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use std::sync::Arc;
+
+use writer::{GroupWriter, WriteTx};
 
 use crate::{Result, StoreError};
 
 /// The SQLite implementation of [`crate::Store`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Arc<GroupWriter>,
     reader: SqlitePool,
 }
 
@@ -35,11 +38,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
+        let migrator = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&migrator).await?;
+        migrator.close().await;
+        let writer = writer::connect(&options).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -47,8 +52,8 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
-    /// Starts a write transaction that holds the write lock from its first statement.
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    /// Starts a write: one savepoint of a group-committed transaction (see [`writer`]).
+    async fn write(&self) -> Result<WriteTx> {
+        self.writer.begin().await
     }
 }

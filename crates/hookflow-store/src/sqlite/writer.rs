@@ -1,0 +1,308 @@
+//! Group commit for SQLite's single writer connection.
+//!
+//! Every write is a savepoint inside one shared transaction. When a writer commits and nobody
+//! else is queued for the connection (or the batch is full), the transaction commits once for
+//! everybody in it: one fsync for many writes. Each writer's `commit` returns only after the
+//! transaction holding its writes is durable, so callers keep the one-transaction semantics.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
+
+use crate::{Result, StoreError};
+
+/// Writes that may share one commit.
+const MAX_BATCH: usize = 256;
+
+/// The single writer connection and the batch it is building.
+pub struct GroupWriter {
+    state: Arc<Mutex<State>>,
+    queued: AtomicUsize,
+}
+
+struct State {
+    conn: SqliteConnection,
+    /// `BEGIN IMMEDIATE` was issued and not yet committed.
+    open: bool,
+    /// A writer was dropped without committing: its savepoint must be rolled back.
+    abandoned: bool,
+    /// Writers waiting for the batch's commit.
+    pending: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+impl GroupWriter {
+    /// Wraps a dedicated connection.
+    pub fn new(conn: SqliteConnection) -> Arc<Self> {
+        Arc::new(Self {
+            state: Arc::new(Mutex::new(State {
+                conn,
+                open: false,
+                abandoned: false,
+                pending: Vec::new(),
+            })),
+            queued: AtomicUsize::new(0),
+        })
+    }
+
+    /// Starts a write: waits for the connection, then opens a savepoint in the shared
+    /// transaction (beginning one if needed).
+    pub async fn begin(self: &Arc<Self>) -> Result<WriteTx> {
+        let queued = Queued::enter(self);
+        let mut state = self.state.clone().lock_owned().await;
+        queued.acquired();
+        if state.abandoned {
+            state.abandoned = false;
+            if let Err(e) = run(&mut state.conn, "ROLLBACK TO hf; RELEASE hf").await {
+                fail_batch(&mut state, &e).await;
+            }
+        }
+        if !state.open {
+            run(&mut state.conn, "BEGIN IMMEDIATE").await?;
+            state.open = true;
+        }
+        if let Err(e) = run(&mut state.conn, "SAVEPOINT hf").await {
+            fail_batch(&mut state, &e).await;
+            return Err(e);
+        }
+        Ok(WriteTx {
+            writer: self.clone(),
+            state: Some(state),
+        })
+    }
+}
+
+/// Counts a writer waiting for the connection. Writers ahead of it leave their commit to it;
+/// if it goes away before getting the connection, it makes an empty write so they commit.
+struct Queued<'a> {
+    writer: &'a Arc<GroupWriter>,
+    waiting: bool,
+}
+
+impl<'a> Queued<'a> {
+    fn enter(writer: &'a Arc<GroupWriter>) -> Self {
+        writer.queued.fetch_add(1, Ordering::SeqCst);
+        Self {
+            writer,
+            waiting: true,
+        }
+    }
+
+    fn acquired(mut self) {
+        self.waiting = false;
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.writer.queued.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting {
+            flush_later(self.writer.clone());
+        }
+    }
+}
+
+/// Makes an empty write in the background, so that pending writes get their commit.
+fn flush_later(writer: Arc<GroupWriter>) {
+    tokio::spawn(async move {
+        if let Ok(tx) = writer.begin().await {
+            let _ = tx.commit().await;
+        }
+    });
+}
+
+async fn run(conn: &mut SqliteConnection, sql: &'static str) -> Result<()> {
+    sqlx::raw_sql(sql).execute(conn).await?;
+    Ok(())
+}
+
+/// The shared transaction failed: everyone waiting on it learns so, and it is rolled back.
+async fn fail_batch(state: &mut State, error: &StoreError) {
+    let _ = run(&mut state.conn, "ROLLBACK").await;
+    state.open = false;
+    for waiter in state.pending.drain(..) {
+        let _ = waiter.send(Err(error.to_string()));
+    }
+}
+
+/// Commits the shared transaction and tells everyone in it.
+async fn flush(state: &mut State) {
+    match run(&mut state.conn, "COMMIT").await {
+        Ok(()) => {
+            state.open = false;
+            for waiter in state.pending.drain(..) {
+                let _ = waiter.send(Ok(()));
+            }
+        }
+        Err(e) => fail_batch(state, &e).await,
+    }
+}
+
+/// One write: a savepoint in the shared transaction. Dropping it without `commit` undoes it.
+pub struct WriteTx {
+    writer: Arc<GroupWriter>,
+    state: Option<OwnedMutexGuard<State>>,
+}
+
+impl WriteTx {
+    /// Keeps this write and returns once the transaction holding it is committed. The
+    /// finishing work runs in its own task, so a caller that goes away cannot interrupt it.
+    pub async fn commit(mut self) -> Result<()> {
+        let mut state = self.state.take().expect("live write");
+        let writer = self.writer.clone();
+        let (done, committed) = oneshot::channel();
+        tokio::spawn(async move {
+            if let Err(e) = run(&mut state.conn, "RELEASE hf").await {
+                let _ = done.send(Err(e.to_string()));
+                fail_batch(&mut state, &e).await;
+                return;
+            }
+            state.pending.push(done);
+            if writer.queued.load(Ordering::SeqCst) == 0 || state.pending.len() >= MAX_BATCH {
+                flush(&mut state).await;
+            }
+        });
+        committed
+            .await
+            .map_err(|_| StoreError::Commit("writer went away".into()))?
+            .map_err(StoreError::Commit)
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.state.as_ref().expect("live write").conn
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.state.as_mut().expect("live write").conn
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(mut state) = self.state.take() else {
+            return;
+        };
+        state.abandoned = true;
+        let has_pending = !state.pending.is_empty();
+        drop(state);
+        // Others' writes may wait on a commit that only a next writer would make: make one.
+        if has_pending && self.writer.queued.load(Ordering::SeqCst) == 0 {
+            flush_later(self.writer.clone());
+        }
+    }
+}
+
+/// Opens the writer's dedicated connection.
+pub async fn connect(options: &sqlx::sqlite::SqliteConnectOptions) -> Result<Arc<GroupWriter>> {
+    Ok(GroupWriter::new(
+        SqliteConnection::connect_with(options).await?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    use super::*;
+
+    async fn writer() -> (tempfile::TempDir, Arc<GroupWriter>) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::from_str(&format!(
+            "sqlite://{}",
+            dir.path().join("w.db").display()
+        ))
+        .unwrap()
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let writer = connect(&options).await.unwrap();
+        let mut tx = writer.begin().await.unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (dir, writer)
+    }
+
+    async fn count(writer: &Arc<GroupWriter>) -> i64 {
+        let mut tx = writer.begin().await.unwrap();
+        let n = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_all_commit() {
+        let (_dir, writer) = writer().await;
+        let tasks: Vec<_> = (0..300)
+            .map(|n| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    let mut tx = writer.begin().await?;
+                    sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                        .bind(n)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(count(&writer).await, 300);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_write_is_undone_and_others_still_commit() {
+        let (_dir, writer) = writer().await;
+        let mut kept = writer.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (n) VALUES (1)")
+            .execute(&mut *kept)
+            .await
+            .unwrap();
+        let waiting = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                let mut dropped = writer.begin().await.unwrap();
+                sqlx::query("INSERT INTO t (n) VALUES (2)")
+                    .execute(&mut *dropped)
+                    .await
+                    .unwrap();
+                // dropped here without commit
+            })
+        };
+        tokio::task::yield_now().await;
+        // `kept` sees a queued writer, so it leaves the commit to later writers.
+        let committed = tokio::spawn(kept.commit());
+        waiting.await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), committed)
+            .await
+            .expect("the kept write commits even though the next writer went away")
+            .unwrap()
+            .unwrap();
+        let rows: Vec<i64> = {
+            let mut tx = writer.begin().await.unwrap();
+            let rows = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            rows
+        };
+        assert_eq!(rows, vec![1]);
+    }
+}
