@@ -37,13 +37,13 @@ async fn the_first_start_prints_a_working_key_and_a_restart_prints_none() {
 
 #[tokio::test]
 async fn keys_create_prints_a_key_alone_for_scripts() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("hookflow.db").display());
+    let db = std::sync::Arc::new(TestDb::fresh().await);
+    let db_url = db.url.clone();
     let first = create_key(&db_url, None).await;
     let second = create_key(&db_url, None).await;
     assert_ne!(first, second);
 
-    let server = Server::start_on(dir, db_url.clone(), ServerOpts::default()).await;
+    let server = Server::start_on(db, ServerOpts::default()).await;
     for key in [&first, &second] {
         let (status, body) = server.api().with_key(Some(key)).get("/v1/workflows").await;
         assert_eq!(status, 200, "{body}");
@@ -120,5 +120,41 @@ async fn verify_checks_a_real_callback() {
             out.stdout,
             out.stderr
         );
+    }
+}
+
+/// Whether database `name` exists on the suite's PostgreSQL server.
+async fn postgres_database_exists(name: &str) -> bool {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("PostgreSQL admin connection");
+    sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("query pg_database")
+        .is_some()
+}
+
+#[tokio::test]
+async fn servers_run_on_the_backend_the_suite_is_asked_for() {
+    let server = Server::start_default().await;
+    let (status, body) = server.api().get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    match backend() {
+        Backend::Sqlite => assert!(server.db_url.starts_with("sqlite://"), "{}", server.db_url),
+        Backend::Postgres => {
+            let url = url::Url::parse(&server.db_url).expect("database URL");
+            assert_eq!(url.scheme(), "postgres", "{url}");
+            let name = url.path().trim_start_matches('/').to_string();
+            assert!(name.starts_with("hf_"), "a fresh database: {url}");
+            assert!(postgres_database_exists(&name).await, "{name} exists");
+            drop(server);
+            assert!(
+                !postgres_database_exists(&name).await,
+                "{name} is dropped with its server"
+            );
+        }
     }
 }

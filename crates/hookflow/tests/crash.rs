@@ -135,3 +135,108 @@ async fn pending_callbacks_survive_a_sigkill() {
     );
     assert_one_event_per_run(&callbacks, &ids, &dep.secret);
 }
+
+#[tokio::test]
+async fn queued_runs_start_first_in_first_out_after_a_restart() {
+    let mut server = Server::start_default().await;
+    let api = server.api();
+    let dep = api
+        .deploy_with(
+            &delay_workflow("limited", "1500ms"),
+            json!({ "name": "limited", "concurrency_limit": 1 }),
+        )
+        .await;
+    let receiver = Receiver::start().await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let (status, answer) = api
+            .invoke(&json!({ "deployment": "limited", "inputs": { "n": n },
+                             "async": { "enabled": true, "callback_url": receiver.callback_url() } }))
+            .await;
+        let expected = if n == 0 { "running" } else { "queued" };
+        assert_eq!(
+            (status, &answer["run_status"]),
+            (202, &json!(expected)),
+            "{answer}"
+        );
+        ids.push(str_of(&answer["request_id"]));
+    }
+    // Killed while the first run waits on its delay and the others are queued.
+    server.kill().await;
+    server.restart().await;
+    let api = server.api();
+
+    let mut runs = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let run = api.wait_run(id).await;
+        assert_eq!(run["run_status"], "completed", "{run:#}");
+        assert_eq!(run["output"]["result"], json!({ "n": n }), "{run:#}");
+        runs.push(run);
+    }
+    assert_ran_one_after_another(&runs);
+    let callbacks = wait_callbacks_for(&receiver, &ids).await;
+    assert_one_event_per_run(&callbacks, &ids, &dep.secret);
+}
+
+#[tokio::test]
+async fn open_async_steps_approvals_and_their_timers_survive_a_sigkill() {
+    let mut server = Server::start_default().await;
+    let api = server.api();
+    let service = Service::start().await;
+    api.deploy(&async_workflow("job", &service.url("/accept"), json!({})))
+        .await;
+    // The second async workflow's only attempt times out while the server is down.
+    api.deploy(&async_workflow(
+        "short",
+        &service.url("/accept/short"),
+        json!({ "timeout": "1s" }),
+    ))
+    .await;
+    api.deploy(&human_workflow("ship", json!({}))).await;
+    let receiver = Receiver::start().await;
+    let job = api
+        .invoke_async("job", json!({}), &receiver.callback_url())
+        .await;
+    let short = api
+        .invoke_async("short", json!({}), &receiver.callback_url())
+        .await;
+    let ship = api
+        .invoke_async("ship", json!({ "item": "x" }), &receiver.callback_url())
+        .await;
+    let call = service.wait_for_path("/accept", 1, WAIT).await[0].clone();
+    service.wait_for_path("/accept/short", 1, WAIT).await;
+    let approval = api.wait_pending_approval(&ship).await;
+
+    server.kill().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    server.restart().await;
+    let api = server.api();
+
+    // The completion URL was issued by the previous process: its path works on the new one.
+    let (status, answer) = post_url(
+        &format!("{}{}", server.base_url, url_path(&webhook_url(&call))),
+        &json!({ "success": true, "outputs": "after restart" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = api
+        .answer(&str_of(&approval["id"]), &json!({ "decision": "approve" }))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    let expected = [
+        (&job, "completed"),
+        (&short, "failed"),
+        (&ship, "completed"),
+    ];
+    for (id, status) in expected {
+        let run = api.wait_run(id).await;
+        assert_eq!(run["run_status"], status, "{run:#}");
+    }
+    assert_eq!(
+        api.run(&job).await["output"]["result"],
+        json!({ "work": "after restart" })
+    );
+    assert!(str_of(&api.run(&short).await["error"]).contains("timed out"));
+    receiver.callbacks(3).await;
+}

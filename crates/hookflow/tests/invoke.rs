@@ -236,11 +236,7 @@ async fn a_workflow_with_a_human_step_cannot_be_invoked_sync() {
     let (status, body) = api
         .invoke(&json!({ "deployment": "review", "inputs": {} }))
         .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"].is_string() && body["error_code"].is_string(),
-        "{body}"
-    );
+    assert_error(&(status, body), 400, "callback_required", None);
     assert_eq!(api.list_run_ids("").await, Vec::<String>::new());
 }
 
@@ -282,14 +278,7 @@ async fn the_concurrency_limit_queues_async_runs_in_order_and_refuses_sync() {
         assert_eq!(run["run_status"], "completed", "{run}");
         runs.push(run);
     }
-    for pair in runs.windows(2) {
-        assert!(
-            ts(&pair[1]["started_at"]) >= ts(&pair[0]["finished_at"]),
-            "with limit 1, a queued run starts after the one before it finished (FIFO):\n{:#}\n{:#}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_ran_one_after_another(&runs);
     // A slot is free again: sync works.
     let body = api.invoke_sync("limited", json!({ "again": true })).await;
     assert_eq!(body["run_status"], "completed", "{body}");

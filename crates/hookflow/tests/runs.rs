@@ -1,4 +1,4 @@
-//! The run log: one run's record, listing with filters and paging, and cancelling.
+//! The run log: one run's record, listing with filters and paging (cancelling: `cancel.rs`).
 
 mod common;
 
@@ -269,78 +269,4 @@ async fn the_run_list_limit_is_bounded() {
     assert!(body["next_cursor"].is_null(), "{body}");
     let resp = api.get("/v1/workflow/runs?limit=1001").await;
     assert_error(&resp, 400, "validation_error", None);
-}
-
-#[tokio::test]
-async fn cancelling_abandons_open_steps_and_sends_workflow_cancelled() {
-    let server = Server::start_default().await;
-    let api = server.api();
-    let receiver = Receiver::start().await;
-    let def = workflow(
-        "cancellable",
-        json!([
-            { "id": "first", "kind": "transform", "value": "kept" },
-            { "id": "wait", "kind": "delay", "needs": ["first"], "duration": "2s" },
-            { "id": "after", "kind": "http", "needs": ["wait"],
-              "request": { "method": "POST", "url": receiver.url("/echo/after") } },
-        ]),
-        "{{ steps.after.output }}",
-    );
-    let dep = api.deploy(&def).await;
-    let id = api
-        .invoke_async("cancellable", json!({}), &receiver.callback_url())
-        .await;
-    api.wait_run_until(&id, |r| r["run_status"] == "waiting")
-        .await;
-
-    let cancel = format!("/v1/workflow/runs/{id}/cancel");
-    let (status, body) = api.post(&cancel, &json!({})).await;
-    assert!((200..300).contains(&status), "{status} {body}");
-    let run = api.run(&id).await;
-    assert_eq!(run["run_status"], "cancelled", "{run:#}");
-    assert_eq!(
-        step_statuses(&run, "first"),
-        ["completed"],
-        "finished steps stay readable: {run:#}"
-    );
-    assert_eq!(step_attempts(&run, "first")[0]["output"], "kept");
-    assert_eq!(step_statuses(&run, "wait"), ["abandoned"], "{run:#}");
-
-    let callback = &receiver.callbacks(1).await[0];
-    let body = callback.json();
-    assert_eq!(body["event_type"], "workflow.cancelled", "{body}");
-    assert_eq!(body["request_id"], id.as_str());
-    assert_eq!(body["data"]["reason"], "cancelled", "{body}");
-    assert!(
-        body["data"]["error"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("Workflow cancelled"),
-        "{body}"
-    );
-    verify_callback(callback, &dep.secret, &[&dep.secret]);
-
-    let (status, body) = api.post(&cancel, &json!({})).await;
-    assert_eq!(status, 409, "cancelling a terminal run: {body}");
-
-    // The delay would have ended by now: nothing after it runs, nothing more is sent.
-    receiver
-        .assert_stays_at("/callback", 1, Duration::from_millis(2500))
-        .await;
-    assert!(
-        receiver.requests_to("/echo/after").is_empty(),
-        "a step of a cancelled run ran"
-    );
-    assert_eq!(api.run(&id).await["run_status"], "cancelled");
-
-    assert_error(
-        &api.post(
-            "/v1/workflow/runs/req_0123456789abcdef0123456789abcdef/cancel",
-            &json!({}),
-        )
-        .await,
-        404,
-        "not_found",
-        Some("Request not found"),
-    );
 }

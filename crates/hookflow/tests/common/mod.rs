@@ -1,7 +1,10 @@
-//! Black-box harness: the real `hookflow` binary over real HTTP, on a real SQLite file, with real
+//! Black-box harness: the real `hookflow` binary over real HTTP, on a real database, with real
 //! in-test HTTP peers (a callback receiver and a step service).
 //!
-//! Every test starts its own [`Server`] on its own temporary database, so tests run in parallel.
+//! Every test starts its own [`Server`] on its own fresh database, so tests run in parallel. The
+//! backend is chosen by `HOOKFLOW_TEST_BACKEND`: `sqlite` (default, a temporary file) or `postgres`
+//! (a fresh `hf_<random>` database created through `HOOKFLOW_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, and dropped afterwards).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -97,9 +100,10 @@ impl ServerOpts {
     }
 }
 
-/// A running `hookflow serve` on its own temporary SQLite database; killed on drop.
+/// A running `hookflow serve` on its own fresh database; killed on drop.
 pub struct Server {
     dir: tempfile::TempDir,
+    db: Arc<TestDb>,
     pub db_url: String,
     opts: ServerOpts,
     child: Option<Child>,
@@ -119,17 +123,18 @@ impl Server {
         Server::start(ServerOpts::default()).await
     }
 
+    /// Starts on a fresh database of the backend chosen by `HOOKFLOW_TEST_BACKEND`.
     pub async fn start(opts: ServerOpts) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db_url = format!("sqlite://{}", dir.path().join("hookflow.db").display());
-        Server::start_on(dir, db_url, opts).await
+        Server::start_on(Arc::new(TestDb::fresh().await), opts).await
     }
 
-    /// Starts on a database prepared beforehand (e.g. by `hookflow keys create`).
-    pub async fn start_on(dir: tempfile::TempDir, db_url: String, opts: ServerOpts) -> Server {
+    /// Starts on a database prepared beforehand (e.g. by `hookflow keys create`), possibly shared
+    /// with other servers (several nodes on one PostgreSQL database).
+    pub async fn start_on(db: Arc<TestDb>, opts: ServerOpts) -> Server {
         let mut server = Server {
-            dir,
-            db_url,
+            dir: tempfile::tempdir().expect("temp dir"),
+            db_url: db.url.clone(),
+            db,
             opts,
             child: None,
             base_url: String::new(),
@@ -146,7 +151,12 @@ impl Server {
         server
     }
 
-    /// Temporary directory of this server (its database lives there).
+    /// The database this server runs on.
+    pub fn db(&self) -> Arc<TestDb> {
+        self.db.clone()
+    }
+
+    /// A temporary directory of this server, for scratch files (SQLite keeps its database elsewhere).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
@@ -241,6 +251,124 @@ impl Drop for Server {
         }
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Databases
+
+/// The database backend of the black-box suite, from `HOOKFLOW_TEST_BACKEND`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `HOOKFLOW_TEST_BACKEND`: `sqlite` (default) or `postgres`; anything else is a test failure.
+pub fn backend() -> Backend {
+    match std::env::var("HOOKFLOW_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") | Ok("postgresql") => Backend::Postgres,
+        Ok(other) => panic!("HOOKFLOW_TEST_BACKEND={other:?}: use `sqlite` or `postgres`"),
+    }
+}
+
+/// Admin connection URL of the PostgreSQL server the suite creates its databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("HOOKFLOW_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A fresh database for one test (or one group of nodes): a temporary SQLite file, or a new
+/// PostgreSQL database `hf_<random>` that is dropped (best effort) when this value is dropped.
+pub struct TestDb {
+    /// The `--database` URL.
+    pub url: String,
+    /// Holds the SQLite file.
+    _dir: Option<tempfile::TempDir>,
+    /// `(admin URL, database name)` of a PostgreSQL database to drop.
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A fresh database of the backend chosen by `HOOKFLOW_TEST_BACKEND`.
+    pub async fn fresh() -> TestDb {
+        match backend() {
+            Backend::Sqlite => TestDb::sqlite(),
+            Backend::Postgres => TestDb::postgres().await,
+        }
+    }
+
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("hookflow.db").display());
+        TestDb {
+            url,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// Creates `hf_<random>` through the admin connection; panics (fails the test) with a clear
+    /// message when PostgreSQL cannot be reached: this suite never skips silently.
+    pub async fn postgres() -> TestDb {
+        use sqlx::Connection as _;
+        let admin = postgres_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is unreachable at {admin} ({e}). The PostgreSQL tests need a running \
+                 server: start one, or point HOOKFLOW_TEST_POSTGRES_URL at one."
+            )
+        });
+        let name = format!("hf_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {admin} failed: {e}"));
+        let _ = conn.close().await;
+        let mut url = url::Url::parse(&admin)
+            .unwrap_or_else(|e| panic!("HOOKFLOW_TEST_POSTGRES_URL {admin:?} is not a URL: {e}"));
+        url.set_path(&format!("/{name}"));
+        TestDb {
+            url: url.to_string(),
+            _dir: None,
+            postgres: Some((admin, name)),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside the tests' runtime, which cannot block: use a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection as _;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| format!("DROP DATABASE {name}: {e}"))?;
+                let _ = conn.close().await;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop a test database: {e}");
         }
     }
 }
@@ -364,15 +492,14 @@ impl Api {
         }
     }
 
-    /// Sends a raw body with a content type and extra headers.
-    pub async fn raw(
+    async fn try_raw(
         &self,
         method: &str,
         path: &str,
         content_type: Option<&str>,
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
-    ) -> (u16, Value) {
+    ) -> Result<(u16, Value), reqwest::Error> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(key) = &self.key {
@@ -387,13 +514,38 @@ impl Api {
         if let Some(body) = body {
             req = req.body(body);
         }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request to {path} failed: {e}"));
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.expect("response body");
-        (status, parse_body(&bytes))
+        let bytes = resp.bytes().await?;
+        Ok((status, parse_body(&bytes)))
+    }
+
+    /// Like [`Api::send`], but a failed connection is an `Err` instead of a panic (for clients
+    /// of a server that may be down).
+    pub async fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+        let ct = body.map(|_| "application/json");
+        self.try_raw(method, path, ct, bytes, headers).await
+    }
+
+    /// Sends a raw body with a content type and extra headers.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        self.try_raw(method, path, content_type, body, headers)
+            .await
+            .unwrap_or_else(|e| panic!("request to {path} failed: {e}"))
     }
 
     pub async fn send(
@@ -403,9 +555,9 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
-        let ct = body.map(|_| "application/json");
-        self.raw(method, path, ct, bytes, headers).await
+        self.try_send(method, path, body, headers)
+            .await
+            .unwrap_or_else(|e| panic!("request to {path} failed: {e}"))
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -555,6 +707,74 @@ impl Api {
             .map(|run| str_of(&run["request_id"]))
             .collect()
     }
+
+    /// `POST /v1/workflow/runs/{id}/cancel` with `body`.
+    pub async fn cancel(&self, id: &str, body: &Value) -> (u16, Value) {
+        self.post(&format!("/v1/workflow/runs/{id}/cancel"), body)
+            .await
+    }
+
+    /// `GET /v1/workflow/approvals?{query}` (one page): the approvals, in answer order.
+    pub async fn approvals(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/v1/workflow/approvals?{query}")).await;
+        assert_eq!(status, 200, "list approvals ?{query}: {body}");
+        body["data"].as_array().expect("data array").clone()
+    }
+
+    /// Waits until run `request_id` has a pending approval (listed with `?status=pending`).
+    pub async fn wait_pending_approval(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let pending = self.approvals("status=pending").await;
+            if let Some(approval) = pending.iter().find(|a| a["request_id"] == request_id) {
+                return approval.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {request_id} never opened an approval; pending: {pending:#?}; run: {:#}",
+                self.run(request_id).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `POST /v1/workflow/approvals/{id}` with an answer.
+    pub async fn answer(&self, approval_id: &str, answer: &Value) -> (u16, Value) {
+        self.post(&format!("/v1/workflow/approvals/{approval_id}"), answer)
+            .await
+    }
+}
+
+/// POSTs JSON to an absolute URL without an API key (completions, respond links).
+pub async fn post_url(url: &str, body: &Value) -> (u16, Value) {
+    Api::new("", None).post(url, body).await
+}
+
+/// The path (and query) of an absolute URL, to send it to another node or process.
+pub fn url_path(url: &str) -> String {
+    let url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url:?} is not a URL: {e}"));
+    match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    }
+}
+
+/// `metadata.webhook_url` of a call hookflow made to an `async_http` step's endpoint.
+pub fn webhook_url(call: &Recorded) -> String {
+    str_of(&call.json()["metadata"]["webhook_url"])
+}
+
+/// Asserts that `runs` (records of one deployment with `concurrency_limit: 1`, in invocation
+/// order) ran one after another, first in first out.
+pub fn assert_ran_one_after_another(runs: &[Value]) {
+    for pair in runs.windows(2) {
+        assert!(
+            ts(&pair[1]["started_at"]) >= ts(&pair[0]["finished_at"]),
+            "with limit 1, a queued run starts after the one before it finished (FIFO):\n{:#}\n{:#}",
+            pair[0],
+            pair[1]
+        );
+    }
 }
 
 fn parse_body(bytes: &[u8]) -> Value {
@@ -677,6 +897,55 @@ pub fn http_workflow(name: &str, url: &str) -> Value {
     )
 }
 
+/// An `async_http` step `work` calling `url` with `{"input": <inputs>}` as arguments (plus the
+/// fields of `extra`, e.g. `timeout` and `retry`), then a transform `after` whose output (and the
+/// workflow's result) is `{"work": <work's output>}`.
+pub fn async_workflow(name: &str, url: &str, extra: Value) -> Value {
+    let mut work = json!({
+        "id": "work", "kind": "async_http", "url": url, "arguments": { "input": "{{ inputs }}" },
+    });
+    merge(&mut work, extra);
+    workflow(
+        name,
+        json!([
+            work,
+            { "id": "after", "kind": "transform", "needs": ["work"],
+              "value": { "work": "{{ steps.work.output }}" } },
+        ]),
+        "{{ steps.after.output }}",
+    )
+}
+
+/// A `human` step `review` asking `Ship {{ inputs.item }}?` of `ops@example.com` (plus the fields
+/// of `extra`, e.g. `timeout`, `on_timeout`, `notify_url`), then a transform `after` whose output
+/// (and the workflow's result) is review's output.
+pub fn human_workflow(name: &str, extra: Value) -> Value {
+    let mut review = json!({
+        "id": "review", "kind": "human", "prompt": "Ship {{ inputs.item }}?",
+        "assignee": "ops@example.com",
+    });
+    merge(&mut review, extra);
+    workflow(
+        name,
+        json!([
+            review,
+            { "id": "after", "kind": "transform", "needs": ["review"],
+              "value": "{{ steps.review.output }}" },
+        ]),
+        "{{ steps.after.output }}",
+    )
+}
+
+/// Copies the members of object `extra` into object `target`.
+pub fn merge(target: &mut Value, extra: Value) {
+    let target = target.as_object_mut().expect("merge into an object");
+    match extra {
+        Value::Object(extra) => target.extend(extra),
+        Value::Null => {}
+        other => panic!("merge expects an object, got {other}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // In-test HTTP peers
 
@@ -734,7 +1003,14 @@ impl Recorded {
 /// - `/echo…` → 200 `{"method", "path", "query", "body"}` (the JSON body it got);
 /// - `/fail-times/{n}…` → 500 for the first `n` calls of that exact path, then 200 `{"calls"}`;
 /// - `/slow/{ms}…` → sleeps `ms`, then 200 `{"slept_ms"}`;
-/// - `/status/{code}…` → that status with `{"status": code}`.
+/// - `/status/{code}…` → that status with `{"status": code}`;
+///
+/// and as the endpoint of `async_http` steps:
+/// - `/accept…` → 202 `{"accepted": true}` (the completion is left to the test);
+/// - `/refuse…` → 200 StepResult `{"success": false, "error": "refused by the service"}`;
+/// - `/complete-first…` → first POSTs the completion `{"success": true, "outputs": {"early":
+///   true, "arguments"}}` to the call's `metadata.webhook_url` and waits for hookflow's answer
+///   (kept in [`Peer::completions`]), and only then answers 200 `{"accepted": true}`.
 ///
 /// Any other path is a callback receiver: answered from the [`Reply`] script, then 200.
 pub struct Peer {
@@ -753,6 +1029,8 @@ struct PeerInner {
     script: Mutex<VecDeque<Reply>>,
     requests: Mutex<Vec<Recorded>>,
     counts: Mutex<HashMap<String, u64>>,
+    /// Answers hookflow gave to the completions `/complete-first…` posted.
+    completions: Mutex<Vec<(u16, Value)>>,
 }
 
 impl Peer {
@@ -766,6 +1044,7 @@ impl Peer {
             script: Mutex::default(),
             requests: Mutex::default(),
             counts: Mutex::default(),
+            completions: Mutex::default(),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -804,6 +1083,22 @@ impl Peer {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// How many requests to exactly `path` arrived (without copying them).
+    pub fn count_to(&self, path: &str) -> usize {
+        self.inner
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+
+    /// hookflow's answers to the completions this peer posted from `/complete-first…`.
+    pub fn completions(&self) -> Vec<(u16, Value)> {
+        self.inner.completions.lock().unwrap().clone()
     }
 
     /// Requests whose path is exactly `path`.
@@ -962,6 +1257,25 @@ async fn respond(peer: &PeerInner, record: &Recorded, calls: u64) -> Response {
     }
     if let Some(code) = number_after(path, "/status/") {
         return json_response(code as u16, json!({ "status": code }));
+    }
+    if path.starts_with("/accept") {
+        return json_response(202, json!({ "accepted": true }));
+    }
+    if path.starts_with("/refuse") {
+        return json_response(
+            200,
+            json!({ "success": false, "error": "refused by the service" }),
+        );
+    }
+    if path.starts_with("/complete-first") {
+        let call = record.json();
+        let completion = json!({
+            "success": true,
+            "outputs": { "early": true, "arguments": call["arguments"] },
+        });
+        let answer = post_url(&webhook_url(record), &completion).await;
+        peer.completions.lock().unwrap().push(answer);
+        return json_response(200, json!({ "accepted": true }));
     }
     let reply = peer.script.lock().unwrap().pop_front();
     match reply {
