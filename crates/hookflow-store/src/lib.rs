@@ -1,9 +1,22 @@
 //! hookflow's durable store: the only source of truth, and the work queue.
 //!
-//! One [`Store`] trait; each backend implements it. Every state change is one transaction.
+//! One [`Store`] trait, the sum of the traits below; every state change is one transaction.
+//! Two backends implement it, [`sqlite`] (one node) and [`postgres`] (many nodes sharing one
+//! database), in three layers:
+//!
+//! - This file and `model`: the traits and the types callers see.
+//! - `shared`: everything both backends do alike, written once. Row mapping is generic code;
+//!   the trait implementations are macros that each backend expands for its own store type,
+//!   so the queries run on that backend's concrete sqlx types as hand-written code would.
+//! - Each backend's `dialect` module: its implementation of `shared::Backend`, the contract the
+//!   shared code relies on, holding only what the databases force apart: where reads go and how
+//!   a write starts (SQLite's group-committed writer; PostgreSQL's pooled transactions that
+//!   signal other nodes after commit), PostgreSQL's row locks (`FOR UPDATE`), advisory locks
+//!   and `SKIP LOCKED` claims, NUL sanitising, and the SQL the two spell differently.
 
 mod model;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -7,22 +7,21 @@
 //! run row, then its jobs and step executions, then the deployment's advisory lock, then
 //! queued run rows (taken with `SKIP LOCKED`). Commits that create work or events, or end a
 //! run, then wake the other nodes (see [`listen`]).
+//!
+//! The store traits come from the shared layer (`crate::shared`); `dialect` holds what
+//! PostgreSQL does its own way.
 
-mod admin;
-mod approvals;
-mod deliveries;
+mod dialect;
 mod listen;
-mod queue;
-mod rows;
-mod runs;
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use crate::{Millis, Page, Result, Signal, StoreError};
+use crate::{Result, Signal, StoreError};
 use listen::Notifier;
 
 /// Connections per node.
@@ -65,18 +64,12 @@ impl PgStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
-    async fn begin(&self) -> Result<Tx> {
-        Ok(Tx {
-            inner: self.pool.begin().await?,
-            signals: Vec::new(),
-            notifier: self.notifier.clone(),
-        })
-    }
 }
 
+crate::shared::implement_store!(PgStore);
+
 /// A transaction that collects the [`Signal`]s its changes call for, sent once it commits.
-struct Tx {
+pub(crate) struct Tx {
     inner: Transaction<'static, Postgres>,
     signals: Vec<Signal>,
     notifier: Notifier,
@@ -84,13 +77,13 @@ struct Tx {
 
 impl Tx {
     /// Wakes the other nodes with `signal` if this transaction commits.
-    fn signal(&mut self, signal: Signal) {
+    pub(crate) fn signal(&mut self, signal: Signal) {
         if !self.signals.contains(&signal) {
             self.signals.push(signal);
         }
     }
 
-    async fn commit(self) -> Result<()> {
+    pub(crate) async fn commit(self) -> Result<()> {
         self.inner.commit().await?;
         self.notifier.send(self.signals);
         Ok(())
@@ -111,42 +104,27 @@ impl DerefMut for Tx {
     }
 }
 
-/// Advisory lock namespaces (the first key of `pg_advisory_xact_lock(int4, int4)`, a key
-/// space apart from sqlx's single-bigint migration lock).
-#[derive(Clone, Copy)]
-#[repr(i32)]
-enum LockSpace {
-    /// Creating the next version of one workflow (key: workspace id and name).
-    WorkflowVersion = 1,
-    /// Counting and filling one deployment's concurrency slots (key: deployment id).
-    DeploymentSlots = 2,
+/// A pooled connection whose statements each commit on their own (see
+/// [`crate::shared::Backend::autocommit`]).
+pub(crate) struct Autocommit(PoolConnection<Postgres>);
+
+impl Autocommit {
+    /// Nothing is left to commit.
+    pub(crate) async fn commit(self) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// Takes a transaction-scoped advisory lock on `key` in `space` (a hash collision only
-/// serializes two unrelated keys).
-async fn lock(conn: &mut PgConnection, space: LockSpace, key: &str) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(space as i32)
-        .bind(key)
-        .execute(conn)
-        .await?;
-    Ok(())
+impl Deref for Autocommit {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
 }
 
-/// The upper bound used when a page has no cursor (sorts after every id and name in "C" order).
-fn cursor(page: &Page) -> &str {
-    page.cursor.as_deref().unwrap_or("\u{10FFFF}")
-}
-
-/// PostgreSQL text cannot hold U+0000: free text from outside (errors, response bodies) loses it.
-fn clean(text: Option<&str>) -> Option<String> {
-    text.map(|t| t.replace('\0', "\u{FFFD}"))
-}
-
-/// The current time for rows whose time the caller does not pass.
-fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or_default()
+impl DerefMut for Autocommit {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
 }

@@ -1,25 +1,24 @@
 //! SQLite backend: one writer connection (writes serialize anyway; this avoids busy retries)
 //! and a pool of readers over WAL.
+//!
+//! The store traits come from the shared layer (`crate::shared`); `dialect` holds what
+//! SQLite does its own way, and `writer` the group commit every write goes through.
 
-mod admin;
-mod approvals;
-mod deliveries;
-mod queue;
-mod rows;
-mod runs;
+mod dialect;
 mod writer;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use std::sync::Arc;
 
-use writer::{GroupWriter, WriteTx};
+use writer::GroupWriter;
 
-use crate::{Result, StoreError};
+use crate::{Result, SignalHandler, Signals, StoreError};
 
 /// The SQLite implementation of [`crate::Store`].
 #[derive(Clone)]
@@ -51,9 +50,14 @@ impl SqliteStore {
             .await?;
         Ok(Self { writer, reader })
     }
+}
 
-    /// Starts a write: one savepoint of a group-committed transaction (see [`writer`]).
-    async fn write(&self) -> Result<WriteTx> {
-        self.writer.begin().await
+crate::shared::implement_store!(SqliteStore);
+
+#[async_trait]
+impl Signals for SqliteStore {
+    /// One node per SQLite file: every wake-up is in-process, so there is nothing to watch.
+    async fn watch(&self, _handler: SignalHandler) -> Result<()> {
+        Ok(())
     }
 }

@@ -1,0 +1,181 @@
+//! What PostgreSQL does its own way: locks and claims that keep racing nodes apart, signals
+//! to the other nodes after commit, one-statement batches, and its own SQL (`DISTINCT ON`,
+//! JSON operators, text that cannot hold U+0000).
+
+use sqlx::QueryBuilder;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
+
+use super::{Autocommit, PgStore, Tx};
+use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
+use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
+use crate::{ClaimedJob, Millis, NewStep, Result, Signal};
+
+impl Backend for PgStore {
+    type Db = Postgres;
+    type Tx = Tx;
+    type Autocommit = Autocommit;
+
+    const FOR_UPDATE: &str = " FOR UPDATE";
+
+    /// DISTINCT ON walks the primary key (workspace, name, version) backwards: the newest
+    /// version of each name, names descending.
+    const LIST_WORKFLOWS: &str = "SELECT DISTINCT ON (name) \
+        name, version, definition, created_at FROM workflows \
+        WHERE workspace_id = $1 AND name < $2 ORDER BY name DESC, version DESC LIMIT $3";
+
+    /// One statement, `SKIP LOCKED` as for jobs, along the partial index of pending events.
+    const CLAIM_DELIVERIES: &str = "UPDATE deliveries \
+        SET run_at = $1 + $3, lease_token = lease_token + 1 \
+        WHERE id = ANY(ARRAY( \
+          SELECT id FROM deliveries WHERE run_at <= $1 ORDER BY run_at LIMIT $2 \
+          FOR UPDATE SKIP LOCKED)) \
+        RETURNING id, lease_token, run_id, deployment_id, event_type, payload, url, attempts";
+
+    /// The log row and the event's update are one statement.
+    const RECORD_ATTEMPT: &str = concat!(
+        "WITH logged AS (",
+        log_attempt_sql!(),
+        ") ",
+        update_delivery_sql!()
+    );
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<Tx> {
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+            signals: Vec::new(),
+            notifier: self.notifier.clone(),
+        })
+    }
+
+    async fn autocommit(&self) -> Result<Autocommit> {
+        Ok(Autocommit(self.pool.acquire().await?))
+    }
+
+    /// PostgreSQL text cannot hold U+0000: free text from outside loses it.
+    fn clean(text: Option<&str>) -> Option<String> {
+        text.map(|t| t.replace('\0', "\u{FFFD}"))
+    }
+
+    /// A transaction-scoped advisory lock, keyed by the space and a hash of `key` (a collision
+    /// only serializes two unrelated keys). The space is the first key of
+    /// `pg_advisory_xact_lock(int4, int4)`, a key space apart from sqlx's single-bigint
+    /// migration lock.
+    async fn lock(conn: &mut PgConnection, space: LockSpace, key: &str) -> Result<()> {
+        let space: i32 = match space {
+            LockSpace::WorkflowVersion => 1,
+            LockSpace::DeploymentSlots => 2,
+        };
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(space)
+            .bind(key)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// One statement for all steps, then wakes the other nodes.
+    async fn schedule_steps(
+        tx: &mut Tx,
+        run_id: &str,
+        steps: &[NewStep],
+        now: Millis,
+    ) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "WITH new AS ( \
+               SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                 $6::bool[]) AS t (step_id, attempt, run_at, lease_ms, timer)), \
+             executions AS ( \
+               INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
+                 started_at) \
+               SELECT $1, step_id, attempt, CASE WHEN timer THEN 'running' ELSE 'scheduled' END, \
+                 $7, CASE WHEN timer THEN $7::bigint END FROM new) \
+             INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
+             SELECT $1, step_id, attempt, run_at, lease_ms FROM new",
+        )
+        .bind(run_id)
+        .bind(steps.iter().map(|s| s.step_id.as_str()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.attempt).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.run_at).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.lease_ms).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.timer).collect::<Vec<_>>())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        tx.signal(Signal::Work);
+        Ok(())
+    }
+
+    /// Under the deployment's slot lock (which `create_run` takes to count and queue).
+    async fn promote(tx: &mut Tx, deployment_id: &str, now: Millis) -> Result<()> {
+        Self::lock(tx, LockSpace::DeploymentSlots, deployment_id).await?;
+        // Free slots: unlimited without a limit (LIMIT NULL), none without the deployment. A
+        // queued run locked by a concurrent cancel is skipped rather than waited for.
+        let started = sqlx::query(
+            "WITH free AS ( \
+               SELECT CASE WHEN d.concurrency_limit IS NOT NULL THEN \
+                 GREATEST(d.concurrency_limit - (SELECT COUNT(*) FROM runs a \
+                   WHERE a.deployment_id = $1 AND a.status IN ('running', 'waiting')), 0) END AS n \
+               FROM deployments d WHERE d.id = $1), \
+             started AS ( \
+               UPDATE runs SET status = 'running', started_at = $2 WHERE id = ANY(ARRAY( \
+                 SELECT id FROM runs WHERE deployment_id = $1 AND status = 'queued' \
+                 AND EXISTS (SELECT 1 FROM free) \
+                 ORDER BY id LIMIT (SELECT n FROM free) FOR UPDATE SKIP LOCKED)) \
+               RETURNING id) \
+             INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
+             SELECT id, NULL, 0, $2, $3 FROM started",
+        )
+        .bind(deployment_id)
+        .bind(now)
+        .bind(TIMER_LEASE_MS)
+        .execute(&mut **tx)
+        .await?;
+        if started.rows_affected() > 0 {
+            tx.signal(Signal::Work);
+        }
+        Ok(())
+    }
+
+    /// One statement: `SKIP LOCKED` lets nodes claim side by side without waiting for or
+    /// double-claiming each other's rows; the walk along `jobs_due` stops after `limit` rows,
+    /// and `id = ANY(ARRAY(…))` keeps the update on the primary key whatever the planner
+    /// guesses for the batch size (a join may turn into a scan of the whole backlog).
+    async fn claim_due_jobs(&self, now: Millis, limit: i64) -> Result<Vec<ClaimedJob>> {
+        let rows = sqlx::query(
+            "WITH claimed AS ( \
+               UPDATE jobs SET run_at = $1 + lease_ms, lease_token = lease_token + 1 \
+               WHERE id = ANY(ARRAY( \
+                 SELECT id FROM jobs WHERE run_at <= $1 ORDER BY run_at, id LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED)) \
+               RETURNING id, run_id, step_id, attempt, lease_token, kind), \
+             started AS ( \
+               UPDATE step_executions s SET status = 'running', started_at = $1 FROM claimed c \
+               WHERE c.kind = 'execute' AND s.run_id = c.run_id AND s.step_id = c.step_id \
+               AND s.attempt = c.attempt AND s.status = 'scheduled') \
+             SELECT * FROM claimed",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::claimed_job).collect()
+    }
+
+    /// `->>` gives SQL NULL for a JSON null, so that one is spelled out.
+    fn push_metadata_filter(query: &mut QueryBuilder<Postgres>, key: &str, value: &str) {
+        query
+            .push(" AND (CASE json_typeof(metadata::json -> ")
+            .push_bind(key)
+            .push(") WHEN 'null' THEN 'null' ELSE metadata::json ->> ")
+            .push_bind(key)
+            .push(" END) = ")
+            .push_bind(value);
+    }
+}

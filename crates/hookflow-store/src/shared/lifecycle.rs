@@ -1,0 +1,300 @@
+//! A run's lifecycle inside a write: loading (and locking) it, recording a step's outcome,
+//! planning what follows, and ending it.
+//!
+//! Everything that advances a run first loads it with [`Backend::FOR_UPDATE`], so on
+//! PostgreSQL two nodes finishing two steps of one run plan one after the other, each seeing
+//! the other's outcome: a join step is scheduled once, and a run ends once with one event
+//! (lock order: see [`crate::postgres`]).
+//!
+//! [`Backend::FOR_UPDATE`]: crate::shared::Backend::FOR_UPDATE
+
+/// Adds the lifecycle steps to `$store` as associated functions.
+macro_rules! impl_lifecycle {
+    ($store:ident) => {
+        const _: () = {
+            use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
+            use $crate::{
+                Applied, Millis, NewApproval, NewEvent, Planner, Result, RunRecord, Signal,
+                StepResult, Terminal,
+            };
+
+            impl $store {
+                /// Loads a run inside a write, locking it until the write ends.
+                async fn load_run(
+                    conn: &mut Conn<Self>,
+                    run_id: &str,
+                ) -> Result<Option<RunRecord>> {
+                    let sql = format!(
+                        "SELECT {} FROM runs WHERE id = $1{}",
+                        rows::RUN_COLUMNS,
+                        Self::FOR_UPDATE
+                    );
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(run_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    row.as_ref().map(rows::run).transpose()
+                }
+
+                /// Marks every open attempt of a run abandoned and drops its jobs (jobs
+                /// first: a claimer holds its job before it touches the job's execution row).
+                async fn abandon_open_work(
+                    conn: &mut Conn<Self>,
+                    run_id: &str,
+                    now: Millis,
+                ) -> Result<()> {
+                    sqlx::query("DELETE FROM jobs WHERE run_id = $1")
+                        .bind(run_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query(
+                        "UPDATE step_executions SET status = 'abandoned', finished_at = $2 \
+                         WHERE run_id = $1 AND status IN ('scheduled', 'running')",
+                    )
+                    .bind(run_id)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE approvals SET status = 'cancelled' \
+                         WHERE run_id = $1 AND status = 'pending'",
+                    )
+                    .bind(run_id)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                }
+
+                /// Writes an event row of a run; `run_at` Some schedules it, None keeps it for
+                /// manual delivery only.
+                async fn insert_delivery(
+                    conn: &mut Conn<Self>,
+                    run: &RunRecord,
+                    event: &NewEvent,
+                    run_at: Option<Millis>,
+                    now: Millis,
+                ) -> Result<()> {
+                    sqlx::query(
+                        "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, \
+                         event_type, payload, url, status, run_at, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9)",
+                    )
+                    .bind(&event.id)
+                    .bind(&run.id)
+                    .bind(&run.workspace_id)
+                    .bind(&run.deployment_id)
+                    .bind(&event.event_type)
+                    .bind(&event.payload)
+                    .bind(&event.url)
+                    .bind(run_at)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                }
+
+                /// Makes a locked run terminal, writes its event (the outbox row) and frees
+                /// its concurrency slot.
+                async fn end_run(
+                    tx: &mut Tx<Self>,
+                    run: &RunRecord,
+                    terminal: &Terminal,
+                    now: Millis,
+                ) -> Result<()> {
+                    sqlx::query(
+                        "UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4 \
+                         WHERE id = $5",
+                    )
+                    .bind(terminal.status.as_str())
+                    .bind(terminal.output.as_ref().map(|v| v.to_string()))
+                    .bind(Self::clean(terminal.error.as_deref()))
+                    .bind(now)
+                    .bind(&run.id)
+                    .execute(&mut **tx)
+                    .await?;
+                    Self::abandon_open_work(tx, &run.id, now).await?;
+                    if let Some(event) = &terminal.event {
+                        Self::insert_delivery(tx, run, event, Some(now), now).await?;
+                        tx.signal(Signal::Outbox);
+                    }
+                    tx.signal(Signal::RunEnded(run.id.clone()));
+                    // Deployments without a limit and without queued runs (the common case)
+                    // skip promotion and its slot lock, so their runs end without waiting for
+                    // each other.
+                    let promote: Option<bool> = sqlx::query_scalar(
+                        "SELECT d.concurrency_limit IS NOT NULL OR EXISTS ( \
+                           SELECT 1 FROM runs WHERE deployment_id = $1 AND status = 'queued') \
+                         FROM deployments d WHERE d.id = $1",
+                    )
+                    .bind(&run.deployment_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    if promote == Some(true) {
+                        Self::promote(tx, &run.deployment_id, now).await?;
+                    }
+                    Ok(())
+                }
+
+                /// Records one attempt's outcome on its execution row.
+                async fn record_step(
+                    conn: &mut Conn<Self>,
+                    run_id: &str,
+                    step_id: &str,
+                    attempt: i64,
+                    result: &StepResult,
+                    now: Millis,
+                ) -> Result<()> {
+                    let (status, output, error) = match result {
+                        StepResult::Completed(output) => {
+                            ("completed", Some(output.to_string()), None)
+                        }
+                        StepResult::Skipped => ("skipped", None, None),
+                        StepResult::Failed { error, .. } => {
+                            ("failed", None, Self::clean(Some(error)))
+                        }
+                        StepResult::Waiting { .. } => return Ok(()),
+                    };
+                    sqlx::query(
+                        "UPDATE step_executions SET status = $1, output = $2, error = $3, \
+                         finished_at = $4, started_at = COALESCE(started_at, $4) \
+                         WHERE run_id = $5 AND step_id = $6 AND attempt = $7",
+                    )
+                    .bind(status)
+                    .bind(output)
+                    .bind(error)
+                    .bind(now)
+                    .bind(run_id)
+                    .bind(step_id)
+                    .bind(attempt)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                }
+
+                /// Opens a human step's approval (and its `approval.requested` event).
+                async fn open_approval(
+                    tx: &mut Tx<Self>,
+                    run: &RunRecord,
+                    step_id: &str,
+                    attempt: i64,
+                    approval: &NewApproval,
+                    now: Millis,
+                ) -> Result<()> {
+                    sqlx::query(
+                        "INSERT INTO approvals (id, workspace_id, run_id, step_id, attempt, \
+                         prompt, assignee, status, created_at, deadline) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9)",
+                    )
+                    .bind(&approval.id)
+                    .bind(&run.workspace_id)
+                    .bind(&run.id)
+                    .bind(step_id)
+                    .bind(attempt)
+                    .bind(&approval.prompt)
+                    .bind(&approval.assignee)
+                    .bind(now)
+                    .bind(approval.deadline)
+                    .execute(&mut **tx)
+                    .await?;
+                    if let Some(event) = &approval.event {
+                        Self::insert_delivery(tx, run, event, Some(now), now).await?;
+                        tx.signal(Signal::Outbox);
+                    }
+                    Ok(())
+                }
+
+                /// Applies one attempt's result to a live, locked run, then plans what
+                /// follows.
+                async fn apply_result(
+                    tx: &mut Tx<Self>,
+                    run: &RunRecord,
+                    step: Option<(&str, i64)>,
+                    result: Option<StepResult>,
+                    planner: &dyn Planner,
+                    now: Millis,
+                ) -> Result<Applied> {
+                    if let (Some((step_id, attempt)), Some(result)) = (step, &result) {
+                        Self::record_step(tx, &run.id, step_id, attempt, result, now).await?;
+                        match result {
+                            StepResult::Failed {
+                                retry: Some(retry), ..
+                            } => {
+                                let retry = std::slice::from_ref(retry);
+                                Self::schedule_steps(tx, &run.id, retry, now).await?;
+                                return Ok(Applied::Done {
+                                    terminal: None,
+                                    event: false,
+                                });
+                            }
+                            StepResult::Waiting { deadline, approval } => {
+                                if let Some(deadline) = deadline {
+                                    sqlx::query(
+                                        "INSERT INTO jobs (run_id, step_id, attempt, run_at, \
+                                         lease_ms, kind) VALUES ($1, $2, $3, $4, $5, 'timeout')",
+                                    )
+                                    .bind(&run.id)
+                                    .bind(step_id)
+                                    .bind(attempt)
+                                    .bind(deadline)
+                                    .bind(TIMER_LEASE_MS)
+                                    .execute(&mut **tx)
+                                    .await?;
+                                    tx.signal(Signal::Work);
+                                }
+                                if let Some(approval) = approval {
+                                    Self::open_approval(tx, run, step_id, attempt, approval, now)
+                                        .await?;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    Self::plan(tx, run, planner, now).await
+                }
+
+                /// Asks the planner what follows from the run's stored state, and writes it.
+                async fn plan(
+                    tx: &mut Tx<Self>,
+                    run: &RunRecord,
+                    planner: &dyn Planner,
+                    now: Millis,
+                ) -> Result<Applied> {
+                    let sql = format!(
+                        "SELECT {} FROM step_executions WHERE run_id = $1 \
+                         ORDER BY step_id, attempt",
+                        rows::STEP_COLUMNS
+                    );
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(&run.id)
+                        .fetch_all(&mut **tx)
+                        .await?;
+                    let steps = rows
+                        .iter()
+                        .map(rows::step_execution)
+                        .collect::<Result<Vec<_>>>()?;
+                    let plan = planner.plan(run, &steps, now);
+                    if let Some(terminal) = &plan.terminal {
+                        Self::end_run(tx, run, terminal, now).await?;
+                        return Ok(Applied::Done {
+                            terminal: Some(terminal.status),
+                            event: terminal.event.is_some(),
+                        });
+                    }
+                    Self::schedule_steps(tx, &run.id, &plan.start, now).await?;
+                    if plan.status != run.status {
+                        sqlx::query("UPDATE runs SET status = $1 WHERE id = $2")
+                            .bind(plan.status.as_str())
+                            .bind(&run.id)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    Ok(Applied::Done {
+                        terminal: None,
+                        event: false,
+                    })
+                }
+            }
+        };
+    };
+}
+pub(crate) use impl_lifecycle;

@@ -1,0 +1,152 @@
+//! The backend-neutral layer: every query and rule both backends share, written once.
+//!
+//! - [`rows`] maps result rows of either backend to store types (plain generic code).
+//! - One module per store trait ([`accounts`], [`definitions`], [`runs`], [`queue`],
+//!   [`approvals`], [`outbox`]) holds a macro with that trait's implementation; [`lifecycle`]
+//!   holds one with the steps that advance a run inside a write, and [`paging`] one that reads
+//!   a workspace's rows a page at a time.
+//! - A backend invokes [`implement_store!`] once for its store type. The expansion is ordinary
+//!   code over that backend's concrete sqlx types, so sqlx sees exactly the calls a hand-written
+//!   copy would make (sqlx's traits are too unwieldy to write this code generically over a
+//!   database).
+//! - [`Backend`] is what that code asks of a backend: its reader pool, how a write starts, and
+//!   the few steps whose SQL or locking the two databases force apart.
+
+pub(crate) mod accounts;
+pub(crate) mod approvals;
+pub(crate) mod definitions;
+pub(crate) mod lifecycle;
+pub(crate) mod outbox;
+pub(crate) mod paging;
+pub(crate) mod queue;
+pub(crate) mod rows;
+pub(crate) mod runs;
+
+use std::future::Future;
+use std::ops::DerefMut;
+
+use sqlx::{Database, Pool, QueryBuilder};
+
+use crate::{ClaimedJob, Millis, NewStep, Page, Result};
+
+/// Lease of a job that starts a promoted run or times out a waiting step.
+pub(crate) const TIMER_LEASE_MS: i64 = 30_000;
+
+/// How long an `Idempotency-Key` is remembered.
+pub(crate) const IDEMPOTENCY_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
+
+/// A backend's connection.
+pub(crate) type Conn<B> = <<B as Backend>::Db as Database>::Connection;
+
+/// A backend's write transaction.
+pub(crate) type Tx<B> = <B as Backend>::Tx;
+
+/// Critical sections that two nodes must not run side by side (see [`Backend::lock`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LockSpace {
+    /// Creating the next version of one workflow (key: workspace id and name).
+    WorkflowVersion,
+    /// Counting and filling one deployment's concurrency slots (key: deployment id).
+    DeploymentSlots,
+}
+
+/// What the shared code needs from a backend: its connections, and the steps whose SQL or
+/// locking differs between the databases.
+pub(crate) trait Backend: Sized + Send + Sync + 'static {
+    /// The sqlx driver.
+    type Db: Database;
+    /// A write transaction. Besides its connection it has `commit(self)`, and
+    /// `signal(&mut self, Signal)` to wake the other nodes once the commit is done.
+    type Tx: DerefMut<Target = Conn<Self>> + Send;
+    /// A write whose statements need not be atomic together (see [`Backend::autocommit`]);
+    /// it has `commit(self)`.
+    type Autocommit: DerefMut<Target = Conn<Self>> + Send;
+
+    /// Appended to a SELECT inside a write so the rows it reads stay as read until the write
+    /// ends: PostgreSQL's `FOR UPDATE`.
+    const FOR_UPDATE: &'static str;
+    /// The newest version of each workflow of a workspace, names descending: `$1` workspace,
+    /// `$2` name cursor, `$3` limit.
+    const LIST_WORKFLOWS: &'static str;
+    /// Leases due deliveries and returns them: `$1` now, `$2` limit, `$3` lease.
+    const CLAIM_DELIVERIES: &'static str;
+    /// Logs a delivery attempt and applies its effect to the event, built from
+    /// [`outbox::log_attempt_sql!`] and [`outbox::update_delivery_sql!`].
+    const RECORD_ATTEMPT: &'static str;
+
+    /// The pool that reads go to.
+    fn reader(&self) -> &Pool<Self::Db>;
+
+    /// Starts a write transaction.
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+
+    /// Starts a write whose statements are each safe on their own: PostgreSQL runs them one by
+    /// one, sparing a transaction's round trips; SQLite's only way to write is its
+    /// group-committed transaction.
+    fn autocommit(&self) -> impl Future<Output = Result<Self::Autocommit>> + Send;
+
+    /// Free text from outside (errors, response bodies) as the database can store it.
+    fn clean(text: Option<&str>) -> Option<String>;
+
+    /// Keeps other nodes out of `space` for `key` until the transaction ends.
+    fn lock(
+        conn: &mut Conn<Self>,
+        space: LockSpace,
+        key: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Inserts step executions and their jobs.
+    fn schedule_steps(
+        tx: &mut Self::Tx,
+        run_id: &str,
+        steps: &[NewStep],
+        now: Millis,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Starts the oldest queued runs of a deployment while it has free slots.
+    fn promote(
+        tx: &mut Self::Tx,
+        deployment_id: &str,
+        now: Millis,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Claims up to `limit` due jobs (see [`crate::Queue::claim_jobs`]).
+    fn claim_due_jobs(
+        &self,
+        now: Millis,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ClaimedJob>>> + Send;
+
+    /// Adds to a query on `runs` the condition that metadata `key` holds `value` in its text
+    /// form (`"abc"`, `981`, `true`, `null`).
+    fn push_metadata_filter(query: &mut QueryBuilder<Self::Db>, key: &str, value: &str);
+}
+
+/// The upper bound used when a page has no cursor (sorts after every id and name, bytewise).
+pub(crate) fn cursor(page: &Page) -> &str {
+    page.cursor.as_deref().unwrap_or("\u{10FFFF}")
+}
+
+/// The current time for rows whose time the caller does not pass.
+pub(crate) fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or_default()
+}
+
+/// Implements every store trait but [`crate::Signals`] for `$store`, which implements
+/// [`Backend`].
+macro_rules! implement_store {
+    ($store:ident) => {
+        $crate::shared::lifecycle::impl_lifecycle!($store);
+        $crate::shared::paging::impl_paging!($store);
+        $crate::shared::accounts::impl_accounts!($store);
+        $crate::shared::definitions::impl_definitions!($store);
+        $crate::shared::runs::impl_runs!($store);
+        $crate::shared::queue::impl_queue!($store);
+        $crate::shared::approvals::impl_approvals!($store);
+        $crate::shared::outbox::impl_outbox!($store);
+    };
+}
+pub(crate) use implement_store;

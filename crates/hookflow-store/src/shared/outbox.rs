@@ -1,0 +1,149 @@
+//! The outbox: claiming due events and logging delivery attempts ([`crate::Outbox`]).
+
+/// The log row of a delivery attempt: `$1` the event, `$6`–`$15` the attempt (numbered after
+/// [`update_delivery_sql!`]'s parameters, so a backend can send both as one statement).
+macro_rules! log_attempt_sql {
+    () => {
+        "INSERT INTO delivery_attempts (delivery_id, run_id, attempt, trigger, url, status_code, \
+         response_body, duration_ms, error, created_at, next_attempt_at) \
+         VALUES ($1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    };
+}
+pub(crate) use log_attempt_sql;
+
+/// An attempt's effect on its event: `$1` the event, `$2` the lease that must still hold (NULL:
+/// any), `$3` the new status and `$4` the next due time (`$3` NULL: the schedule stays as it
+/// was), `$5` now.
+macro_rules! update_delivery_sql {
+    () => {
+        "UPDATE deliveries SET attempts = attempts + 1, status = COALESCE($3, status), \
+         run_at = CASE WHEN CAST($3 AS TEXT) IS NULL THEN run_at ELSE $4 END, updated_at = $5 \
+         WHERE id = $1 AND (CAST($2 AS BIGINT) IS NULL OR lease_token = $2)"
+    };
+}
+pub(crate) use update_delivery_sql;
+
+/// Implements [`crate::Outbox`] for `$store`.
+macro_rules! impl_outbox {
+    ($store:ident) => {
+        const _: () = {
+            use $crate::shared::{Backend as _, rows};
+            use $crate::{
+                AttemptEffect, AttemptRecord, ClaimedDelivery, DeliveryStatus, EventRecord,
+                Millis, NewEvent, Outbox, Page, Result, RunRecord,
+            };
+
+            #[async_trait::async_trait]
+            impl Outbox for $store {
+                async fn claim_deliveries(
+                    &self,
+                    now: Millis,
+                    limit: i64,
+                    lease_ms: i64,
+                ) -> Result<Vec<ClaimedDelivery>> {
+                    let mut tx = self.autocommit().await?;
+                    let rows = sqlx::query(Self::CLAIM_DELIVERIES)
+                        .bind(now)
+                        .bind(limit)
+                        .bind(lease_ms)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    rows.iter().map(rows::claimed_delivery).collect()
+                }
+
+                async fn next_delivery_at(&self) -> Result<Option<Millis>> {
+                    Ok(sqlx::query_scalar(
+                        "SELECT MIN(run_at) FROM deliveries WHERE run_at IS NOT NULL",
+                    )
+                    .fetch_one(self.reader())
+                    .await?)
+                }
+
+                async fn record_attempt(
+                    &self,
+                    event_id: &str,
+                    run_id: &str,
+                    lease_token: Option<i64>,
+                    attempt: &AttemptRecord,
+                    effect: AttemptEffect,
+                ) -> Result<()> {
+                    // (status, run_at) after the attempt; None keeps the schedule as it was.
+                    let next = match effect {
+                        AttemptEffect::Delivered => Some((DeliveryStatus::Delivered, None)),
+                        AttemptEffect::RetryAt(at) => Some((DeliveryStatus::Pending, Some(at))),
+                        AttemptEffect::GiveUp => Some((DeliveryStatus::Failed, None)),
+                        AttemptEffect::Unchanged => None,
+                    };
+                    let mut tx = self.autocommit().await?;
+                    sqlx::query(Self::RECORD_ATTEMPT)
+                        .bind(event_id)
+                        .bind(lease_token)
+                        .bind(next.map(|(status, _)| status.as_str()))
+                        .bind(next.and_then(|(_, at)| at))
+                        .bind(attempt.created_at)
+                        .bind(run_id)
+                        .bind(attempt.attempt)
+                        .bind(attempt.trigger.as_str())
+                        .bind(&attempt.url)
+                        .bind(attempt.status_code)
+                        .bind(Self::clean(attempt.response_body.as_deref()))
+                        .bind(attempt.duration_ms)
+                        .bind(Self::clean(attempt.error.as_deref()))
+                        .bind(attempt.created_at)
+                        .bind(attempt.next_attempt_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn run_event(&self, run_id: &str) -> Result<Option<EventRecord>> {
+                    let row = sqlx::query(
+                        "SELECT id, run_id, deployment_id, payload, url, status, attempts \
+                         FROM deliveries WHERE run_id = $1 AND event_type LIKE 'workflow.%' \
+                         ORDER BY created_at LIMIT 1",
+                    )
+                    .bind(run_id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                    row.as_ref().map(rows::event).transpose()
+                }
+
+                async fn insert_event(
+                    &self,
+                    run: &RunRecord,
+                    event: &NewEvent,
+                    now: Millis,
+                ) -> Result<()> {
+                    let mut tx = self.autocommit().await?;
+                    Self::insert_delivery(&mut tx, run, event, None, now).await?;
+                    tx.commit().await
+                }
+
+                async fn delivery_attempts(
+                    &self,
+                    run_id: &str,
+                    page: &Page,
+                ) -> Result<Vec<(i64, AttemptRecord)>> {
+                    let before = page
+                        .cursor
+                        .as_deref()
+                        .and_then(|c| c.parse::<i64>().ok())
+                        .unwrap_or(i64::MAX);
+                    let rows = sqlx::query(
+                        "SELECT * FROM delivery_attempts WHERE run_id = $1 AND id < $2 \
+                         ORDER BY id DESC LIMIT $3",
+                    )
+                    .bind(run_id)
+                    .bind(before)
+                    .bind(page.limit)
+                    .fetch_all(self.reader())
+                    .await?;
+                    rows.iter().map(rows::attempt).collect()
+                }
+            }
+        };
+    };
+}
+pub(crate) use impl_outbox;

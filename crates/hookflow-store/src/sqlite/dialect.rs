@@ -1,0 +1,173 @@
+//! What SQLite does its own way. Every write goes through the one writer connection, so writes
+//! never race: there are no row or advisory locks to take, and no other node to signal. What
+//! remains is SQL that SQLite spells differently (no data-changing CTEs, no `DISTINCT ON`, its
+//! own JSON functions).
+
+use sqlx::QueryBuilder;
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
+
+use super::SqliteStore;
+use super::writer::WriteTx;
+use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
+use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
+use crate::{ClaimedJob, JobKind, Millis, NewStep, Result, Signal};
+
+impl Backend for SqliteStore {
+    type Db = Sqlite;
+    type Tx = WriteTx;
+    type Autocommit = WriteTx;
+
+    /// Nothing: a write holds the whole database until it commits.
+    const FOR_UPDATE: &str = "";
+
+    const LIST_WORKFLOWS: &str = "SELECT w.name, w.version, w.definition, w.created_at \
+        FROM workflows w WHERE w.workspace_id = $1 AND w.name < $2 AND w.version = ( \
+          SELECT MAX(version) FROM workflows v \
+          WHERE v.workspace_id = w.workspace_id AND v.name = w.name) \
+        ORDER BY w.name DESC LIMIT $3";
+
+    const CLAIM_DELIVERIES: &str = "UPDATE deliveries \
+        SET run_at = $1 + $3, lease_token = lease_token + 1 \
+        WHERE id IN (SELECT id FROM deliveries WHERE run_at <= $1 ORDER BY run_at LIMIT $2) \
+        RETURNING id, lease_token, run_id, deployment_id, event_type, payload, url, attempts";
+
+    /// Two statements in one write.
+    const RECORD_ATTEMPT: &str = concat!(log_attempt_sql!(), "; ", update_delivery_sql!());
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// One savepoint of a group-committed transaction (see [`super::writer`]).
+    async fn begin(&self) -> Result<WriteTx> {
+        self.writer.begin().await
+    }
+
+    async fn autocommit(&self) -> Result<WriteTx> {
+        self.writer.begin().await
+    }
+
+    /// SQLite text holds any character.
+    fn clean(text: Option<&str>) -> Option<String> {
+        text.map(str::to_string)
+    }
+
+    /// Nothing to take: a write excludes every other.
+    async fn lock(_conn: &mut SqliteConnection, _space: LockSpace, _key: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn schedule_steps(
+        tx: &mut WriteTx,
+        run_id: &str,
+        steps: &[NewStep],
+        now: Millis,
+    ) -> Result<()> {
+        for step in steps {
+            sqlx::query(
+                "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
+                 started_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(run_id)
+            .bind(&step.step_id)
+            .bind(step.attempt)
+            .bind(if step.timer { "running" } else { "scheduled" })
+            .bind(now)
+            .bind(step.timer.then_some(now))
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(run_id)
+            .bind(&step.step_id)
+            .bind(step.attempt)
+            .bind(step.run_at)
+            .bind(step.lease_ms)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn promote(tx: &mut WriteTx, deployment_id: &str, now: Millis) -> Result<()> {
+        loop {
+            let promoted: Option<String> = sqlx::query_scalar(
+                "UPDATE runs SET status = 'running', started_at = $2 WHERE id = ( \
+                   SELECT r.id FROM runs r JOIN deployments d ON d.id = r.deployment_id \
+                   WHERE r.deployment_id = $1 AND r.status = 'queued' AND ( \
+                     d.concurrency_limit IS NULL OR d.concurrency_limit > ( \
+                       SELECT COUNT(*) FROM runs a WHERE a.deployment_id = $1 \
+                       AND a.status IN ('running', 'waiting'))) \
+                   ORDER BY r.id LIMIT 1) RETURNING id",
+            )
+            .bind(deployment_id)
+            .bind(now)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(run_id) = promoted else {
+                return Ok(());
+            };
+            sqlx::query(
+                "INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
+                 VALUES ($1, NULL, 0, $2, $3)",
+            )
+            .bind(&run_id)
+            .bind(now)
+            .bind(TIMER_LEASE_MS)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+
+    /// Leases the jobs, then marks the steps they execute running, in one write.
+    async fn claim_due_jobs(&self, now: Millis, limit: i64) -> Result<Vec<ClaimedJob>> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET run_at = $1 + lease_ms, lease_token = lease_token + 1 \
+             WHERE id IN (SELECT id FROM jobs WHERE run_at <= $1 ORDER BY run_at LIMIT $2) \
+             RETURNING id, run_id, step_id, attempt, lease_token, kind",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let job = rows::claimed_job(row)?;
+            if let (Some(step_id), JobKind::Execute) = (&job.step_id, job.kind) {
+                sqlx::query(
+                    "UPDATE step_executions SET status = 'running', started_at = $1 \
+                     WHERE run_id = $2 AND step_id = $3 AND attempt = $4 AND status = 'scheduled'",
+                )
+                .bind(now)
+                .bind(&job.run_id)
+                .bind(step_id)
+                .bind(job.attempt)
+                .execute(&mut *tx)
+                .await?;
+            }
+            jobs.push(job);
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    fn push_metadata_filter(query: &mut QueryBuilder<Sqlite>, key: &str, value: &str) {
+        let path = format!("$.\"{}\"", key.replace('"', ""));
+        query
+            .push(" AND (CASE json_type(metadata, ")
+            .push_bind(path.clone())
+            .push(") WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null' ")
+            .push("ELSE CAST(json_extract(metadata, ")
+            .push_bind(path)
+            .push(") AS TEXT) END) = ")
+            .push_bind(value);
+    }
+}
+
+impl WriteTx {
+    /// Nothing to do: SQLite serves one node, and every wake-up is in-process.
+    pub(crate) fn signal(&mut self, _signal: Signal) {}
+}
