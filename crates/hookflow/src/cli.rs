@@ -84,7 +84,12 @@ fn check(secrets: &[&str], headers: &axum::http::HeaderMap, body: &[u8]) -> Stri
     if secrets.is_empty() {
         return "not verified (no --secret)".to_string();
     }
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -98,8 +103,7 @@ fn check(secrets: &[&str], headers: &axum::http::HeaderMap, body: &[u8]) -> Stri
         now,
         300,
     );
-    let simple =
-        hookflow_webhooks::verify_simple(secrets, get("x-hookflow-signature"), body);
+    let simple = hookflow_webhooks::verify_simple(secrets, get("x-hookflow-signature"), body);
     match (standard, simple) {
         (Ok(()), Ok(())) => "signatures valid".to_string(),
         (Err(e), _) => format!("INVALID webhook-signature: {e}"),
@@ -116,8 +120,14 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
             let secrets = secrets.clone();
             async move {
                 let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-                let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                println!("--- {uri} webhook-id={id}: {}", check(&secrets, &headers, &body));
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                println!(
+                    "--- {uri} webhook-id={id}: {}",
+                    check(&secrets, &headers, &body)
+                );
                 println!("{}", String::from_utf8_lossy(&body));
                 status
             }

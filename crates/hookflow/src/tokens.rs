@@ -74,7 +74,10 @@ mod tests {
         assert_eq!(tokens.check_step_token("req_1", "b", &token), None);
         let forged = token.replacen("2.", "3.", 1);
         assert_eq!(tokens.check_step_token("req_1", "a", &forged), None);
-        assert_eq!(Tokens::new("other").check_step_token("req_1", "a", &token), None);
+        assert_eq!(
+            Tokens::new("other").check_step_token("req_1", "a", &token),
+            None
+        );
         assert_eq!(tokens.check_step_token("req_1", "a", "garbage"), None);
     }
 

@@ -47,7 +47,8 @@ pub async fn list(
         .0
         .get("status")
         .map(|s| {
-            ApprovalStatus::parse(s).ok_or_else(|| ApiError::invalid(format!("invalid status {s:?}")))
+            ApprovalStatus::parse(s)
+                .ok_or_else(|| ApiError::invalid(format!("invalid status {s:?}")))
         })
         .transpose()?;
     let approvals = app
@@ -63,7 +64,9 @@ pub async fn get(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(render(&find(&app, Some(&auth.workspace_id), &id).await?)))
+    Ok(Json(render(
+        &find(&app, Some(&auth.workspace_id), &id).await?,
+    )))
 }
 
 fn optional_text(body: &serde_json::Map<String, Value>, name: &str) -> ApiResult<Option<String>> {

@@ -161,7 +161,15 @@ pub async fn invoke(
     };
     let idempotency = idempotency_claim(&headers, &body.raw)?;
     let deployment = find(&app, &auth.workspace_id, deployment_name).await?;
-    start_run(&app, &deployment, variant_name, start, Source::Api, idempotency).await
+    start_run(
+        &app,
+        &deployment,
+        variant_name,
+        start,
+        Source::Api,
+        idempotency,
+    )
+    .await
 }
 
 /// Reads the `Idempotency-Key` header into a claim on this request body.

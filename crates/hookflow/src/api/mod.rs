@@ -158,7 +158,10 @@ pub fn router(app: Arc<App>) -> Router {
         "security": [{ "apiKey": [] }],
     });
     router
-        .route("/openapi.json", get(move || async move { axum::Json(openapi) }))
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(openapi) }),
+        )
         .fallback(|| async { ApiError::not_found("Not found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -242,8 +242,14 @@ pub async fn cancel(
 ) -> ApiResult<Json<Value>> {
     let reason = match body.object()?.get("reason") {
         None | Some(Value::Null) => "cancelled by API request".to_string(),
-        Some(Value::String(r)) if !r.is_empty() && r.len() <= 1024 && !r.contains('\0') => r.clone(),
-        Some(_) => return Err(ApiError::invalid("reason must be a string of 1-1024 characters, without NUL characters")),
+        Some(Value::String(r)) if !r.is_empty() && r.len() <= 1024 && !r.contains('\0') => {
+            r.clone()
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "reason must be a string of 1-1024 characters, without NUL characters",
+            ));
+        }
     };
     let run = find(&app, &auth.workspace_id, &id).await?;
     let error = format!("Workflow cancelled: {reason}");

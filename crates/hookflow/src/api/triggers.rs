@@ -88,18 +88,23 @@ pub async fn trigger(
         .deployment_by_id(&deployment_id)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
-    let genuine = deployment
-        .active_secrets(now_ms())
-        .iter()
-        .any(|secret| {
-            given
-                .iter()
-                .any(|g| bool::from(secret.as_bytes().ct_eq(g.as_bytes())))
-        });
+    let genuine = deployment.active_secrets(now_ms()).iter().any(|secret| {
+        given
+            .iter()
+            .any(|g| bool::from(secret.as_bytes().ct_eq(g.as_bytes())))
+    });
     if !genuine {
         return Err(ApiError::unauthorized());
     }
     let start = start_request(&body)?;
     let idempotency = idempotency_claim(&headers, &body.raw)?;
-    start_run(&app, &deployment, &variant, start, Source::Webhook, idempotency).await
+    start_run(
+        &app,
+        &deployment,
+        &variant,
+        start,
+        Source::Webhook,
+        idempotency,
+    )
+    .await
 }

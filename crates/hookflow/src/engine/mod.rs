@@ -121,7 +121,10 @@ async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
         };
         metrics::counter!("hookflow_step_attempts_total", "outcome" => outcome).increment(1);
     }
-    let applied = app.store.finish_job(job, result, &planner, now_ms()).await?;
+    let applied = app
+        .store
+        .finish_job(job, result, &planner, now_ms())
+        .await?;
     app.signal(&run.id, &applied);
     Ok(())
 }

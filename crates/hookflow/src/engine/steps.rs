@@ -44,9 +44,7 @@ pub async fn execute(
             .map(StepResult::Completed)
             .map_err(|e| format!("value: {e}")),
         StepKind::Delay { .. } => Ok(StepResult::Completed(Value::Null)),
-        StepKind::Http(http) => call(app, step, http, ctx)
-            .await
-            .map(StepResult::Completed),
+        StepKind::Http(http) => call(app, step, http, ctx).await.map(StepResult::Completed),
         StepKind::AsyncHttp(spec) => start_async(app, run, step, spec, job.attempt, ctx).await,
         StepKind::Human(human) => open_approval(app, run, step, human, ctx),
     };
@@ -186,12 +184,22 @@ async fn start_async(
             "flow_id": run.id, "step_id": step.id, "attempt": attempt, "webhook_url": webhook_url,
         },
     });
-    let request = request(app, ctx, "POST", &spec.url, &spec.headers, DEFAULT_STEP_TIMEOUT)?;
+    let request = request(
+        app,
+        ctx,
+        "POST",
+        &spec.url,
+        &spec.headers,
+        DEFAULT_STEP_TIMEOUT,
+    )?;
     let (_, answer) = send(request.json(&body)).await?;
     if let Value::Object(answer) = parse_body(&answer)
         && answer.get("success") == Some(&Value::Bool(false))
     {
-        let error = answer.get("error").and_then(Value::as_str).unwrap_or("step reported failure");
+        let error = answer
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("step reported failure");
         return Err(error.to_string());
     }
     let timeout = step.timeout.unwrap_or(DEFAULT_ASYNC_TIMEOUT);
