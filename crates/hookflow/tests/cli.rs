@@ -1,4 +1,5 @@
-//! The command line: the first-start key, `hookflow keys create`, `hookflow verify`.
+//! The command line: the first-start key, `hookflow keys create`, `hookflow verify`,
+//! `hookflow listen`.
 
 mod common;
 
@@ -121,6 +122,81 @@ async fn verify_checks_a_real_callback() {
             out.stderr
         );
     }
+}
+
+/// Reads `hookflow listen` output lines until one contains `needle`.
+async fn read_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    needle: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "no line with {needle:?} in {seen:#?}"
+    );
+    seen
+}
+
+#[tokio::test]
+async fn listen_verifies_and_prints_the_events_it_receives() {
+    use tokio::io::AsyncBufReadExt;
+
+    let server = Server::start_default().await;
+    let api = server.api();
+    let dep = api.deploy(&echo_workflow("echo")).await;
+    let other = api.deploy(&echo_workflow("other")).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut listener = command()
+        .args(["listen", "--listen", &address, "--secret", &dep.secret])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("hookflow listen starts");
+    let mut lines = tokio::io::BufReader::new(listener.stdout.take().unwrap()).lines();
+    let callback = format!("http://{address}/callback");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&address).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let good = api.invoke_async("echo", json!({ "v": 1 }), &callback).await;
+    let seen = read_until(&mut lines, &good).await;
+    let header = seen.iter().find(|l| l.starts_with("--- ")).unwrap();
+    assert!(header.ends_with("signatures valid"), "{seen:#?}");
+    assert!(
+        seen.last().unwrap().contains("\"workflow.completed\""),
+        "{seen:#?}"
+    );
+
+    // An event signed with another deployment's secret is reported invalid.
+    let bad = api
+        .invoke_async("other", json!({ "v": 2 }), &callback)
+        .await;
+    let seen = read_until(&mut lines, &bad).await;
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("--- ") && l.contains("INVALID")),
+        "{seen:#?}"
+    );
+    assert_ne!(other.secret, dep.secret);
+    listener.kill().await.unwrap();
 }
 
 /// Whether database `name` exists on the suite's PostgreSQL server.

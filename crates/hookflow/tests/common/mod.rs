@@ -391,7 +391,7 @@ fn drain<R: AsyncRead + Unpin + Send + 'static>(
 }
 
 /// `hookflow` without any `HOOKFLOW_*` variable of the environment: the flags decide.
-fn command() -> Command {
+pub fn command() -> Command {
     let mut command = Command::new(BIN);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("HOOKFLOW_") {
