@@ -234,3 +234,50 @@ async fn servers_run_on_the_backend_the_suite_is_asked_for() {
         }
     }
 }
+
+#[tokio::test]
+async fn serve_reads_settings_from_its_config_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.toml");
+    std::fs::write(
+        &config,
+        "body_limit = 2048\nsync_wait_limit = \"30s\"\nretry_schedule = \"1h\"\n",
+    )
+    .unwrap();
+    // The flag (1s) wins over the file's 30s; the file's body limit applies.
+    let opts = ServerOpts::default()
+        .set("--sync-wait-limit", "1s")
+        .arg("--config", &config.display().to_string());
+    let server = Server::start(opts).await;
+    let api = server.api();
+    api.deploy(&delay_workflow("slow", "3s")).await;
+
+    let big = json!({ "deployment": "slow", "inputs": { "pad": "x".repeat(4096) } });
+    let resp = api.invoke(&big).await;
+    assert_error(&resp, 413, "payload_too_large", None);
+
+    let (status, body) = api
+        .invoke(&json!({ "deployment": "slow", "inputs": {} }))
+        .await;
+    assert_eq!(status, 202, "the 1s flag, not the file's 30s: {body}");
+    assert_eq!(body["run_status"], "waiting", "{body}");
+}
+
+#[tokio::test]
+async fn serve_refuses_a_config_file_with_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookflow.toml");
+    std::fs::write(&config, "sync_wait_limt = \"1s\"\n").unwrap();
+    let out = cli(&[
+        "serve",
+        "--database",
+        &format!("sqlite://{}", dir.path().join("h.db").display()),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        &config.display().to_string(),
+    ])
+    .await;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("sync_wait_limt"), "{}", out.stderr);
+}
