@@ -422,6 +422,9 @@ pub struct Terminal {
 /// What to do after a step resolved: computed by the engine inside the store's transaction.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Steps the planner resolved itself (pure steps: `Completed` or `Skipped`), recorded as
+    /// finished first attempts in the same transaction.
+    pub inline: Vec<(String, StepResult)>,
     pub start: Vec<NewStep>,
     pub status: RunStatus,
     pub terminal: Option<Terminal>,

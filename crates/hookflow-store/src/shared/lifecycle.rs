@@ -171,6 +171,32 @@ macro_rules! impl_lifecycle {
                     Ok(())
                 }
 
+                /// Records a step the planner resolved itself: a finished first attempt.
+                async fn record_inline(
+                    tx: &mut Tx<Self>,
+                    run_id: &str,
+                    step_id: &str,
+                    result: &StepResult,
+                    now: Millis,
+                ) -> Result<()> {
+                    let (status, output) = match result {
+                        StepResult::Completed(output) => ("completed", Some(output.to_string())),
+                        _ => ("skipped", None),
+                    };
+                    sqlx::query(
+                        "INSERT INTO step_executions (run_id, step_id, attempt, status, output, \
+                         created_at, started_at, finished_at) VALUES ($1, $2, 1, $3, $4, $5, $5, $5)",
+                    )
+                    .bind(run_id)
+                    .bind(step_id)
+                    .bind(status)
+                    .bind(output)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(())
+                }
+
                 /// Opens a human step's approval (and its `approval.requested` event).
                 async fn open_approval(
                     tx: &mut Tx<Self>,
@@ -273,6 +299,9 @@ macro_rules! impl_lifecycle {
                         .map(rows::step_execution)
                         .collect::<Result<Vec<_>>>()?;
                     let plan = planner.plan(run, &steps, now);
+                    for (step_id, result) in &plan.inline {
+                        Self::record_inline(tx, &run.id, step_id, result, now).await?;
+                    }
                     if let Some(terminal) = &plan.terminal {
                         Self::end_run(tx, run, terminal, now).await?;
                         return Ok(Applied::Done {

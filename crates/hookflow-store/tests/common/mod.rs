@@ -305,6 +305,7 @@ impl Planner for DagPlanner {
         };
         if let Some(failed) = latest.values().find(|e| e.status == StepStatus::Failed) {
             return Plan {
+                inline: Vec::new(),
                 start: vec![],
                 status: RunStatus::Failed,
                 terminal: Some(Terminal {
@@ -322,6 +323,7 @@ impl Planner for DagPlanner {
                 .collect::<serde_json::Map<_, _>>()
                 .into();
             return Plan {
+                inline: Vec::new(),
                 start: vec![],
                 status: RunStatus::Completed,
                 terminal: Some(Terminal {
@@ -339,6 +341,7 @@ impl Planner for DagPlanner {
             .map(|(id, _)| step(id, now))
             .collect();
         Plan {
+            inline: Vec::new(),
             start,
             status: RunStatus::Running,
             terminal: None,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use hookflow_core::run::{Decision, Outcome, StepState, context, decide};
 use hookflow_core::{OnError, StepDef, StepKind, Templates, WorkflowDef};
 use hookflow_store::{
-    Delivery, Millis, NewStep, Plan, Planner, RunRecord, RunStatus, StepExecution, StepStatus,
-    Terminal,
+    Delivery, Millis, NewStep, Plan, Planner, RunRecord, RunStatus, StepExecution, StepResult,
+    StepStatus, Terminal,
 };
 use serde_json::{Value, json};
 
@@ -172,10 +172,72 @@ impl RunPlanner<'_> {
     }
 }
 
+impl RunPlanner<'_> {
+    /// Resolves a ready step without a job when that needs no I/O: a `when` that is false
+    /// skips it; a `transform` renders its value. None when the step needs a job (any other
+    /// kind, or an error, which the job then reports with the step's retry policy).
+    fn resolve_inline(
+        &self,
+        run: &RunRecord,
+        step: &StepDef,
+        outputs: &BTreeMap<String, Value>,
+    ) -> Option<StepResult> {
+        let ctx = run_context(run, outputs, self.secrets);
+        if let Some(when) = &step.when
+            && !self.templates.truthy(when, &ctx).ok()?
+        {
+            return Some(StepResult::Skipped);
+        }
+        match &step.kind {
+            StepKind::Transform { value } => self
+                .templates
+                .render(value, &ctx)
+                .ok()
+                .map(StepResult::Completed),
+            _ => None,
+        }
+    }
+}
+
 impl Planner for RunPlanner<'_> {
     fn plan(&self, run: &RunRecord, steps: &[StepExecution], now: Millis) -> Plan {
-        let (states, outputs) = step_states(self.def, steps);
-        let decision = decide(self.def, &states);
+        let (mut states, mut outputs) = step_states(self.def, steps);
+        let mut inline = Vec::new();
+        let mut start = Vec::new();
+        // Pure steps that become ready are resolved here, which may make more steps ready.
+        let decision = loop {
+            let decision = decide(self.def, &states);
+            if decision.outcome.is_some() {
+                break decision;
+            }
+            let mut resolved = false;
+            for id in &decision.ready {
+                let Some(step) = self.def.step(id) else {
+                    continue;
+                };
+                match self.resolve_inline(run, step, &outputs) {
+                    Some(result) => {
+                        let (state, output) = match &result {
+                            StepResult::Completed(v) => {
+                                (StepState::Completed(v.clone()), v.clone())
+                            }
+                            _ => (StepState::Skipped, Value::Null),
+                        };
+                        states.insert(id.clone(), state);
+                        outputs.insert(id.clone(), output);
+                        inline.push((id.clone(), result));
+                        resolved = true;
+                    }
+                    None => {
+                        start.push(new_step(step, 1, now));
+                        states.insert(id.clone(), StepState::Open);
+                    }
+                }
+            }
+            if !resolved {
+                break decision;
+            }
+        };
         let terminal = match decision.outcome {
             Some(Outcome::Completed) => Some(match self.result(run, &outputs) {
                 Ok(result) => {
@@ -189,22 +251,121 @@ impl Planner for RunPlanner<'_> {
             }
             None => None,
         };
-        let start: Vec<NewStep> = decision
-            .ready
-            .iter()
-            .filter_map(|id| self.def.step(id))
-            .map(|s| new_step(s, 1, now))
-            .collect();
         let open = states
             .iter()
             .filter(|(_, s)| matches!(s, StepState::Open))
-            .map(|(id, _)| id.as_str())
-            .chain(decision.ready.iter().map(String::as_str));
+            .map(|(id, _)| id.as_str());
         let status = live_status(self.def, open);
         Plan {
+            inline,
             start,
             status,
             terminal,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hookflow_store::{Delivery, Source};
+
+    use super::*;
+
+    fn run() -> RunRecord {
+        RunRecord {
+            id: "req_1".into(),
+            workspace_id: "ws".into(),
+            deployment_id: "dep".into(),
+            deployment_name: "d".into(),
+            variant: "default".into(),
+            workflow: "w".into(),
+            version: 1,
+            status: RunStatus::Running,
+            source: Source::Api,
+            delivery: Delivery::Callback,
+            callback_url: Some("http://receiver.example/cb".into()),
+            inputs: json!({ "n": 2 }),
+            user: None,
+            metadata: json!({}),
+            settings: json!({}),
+            output: None,
+            error: None,
+            created_at: 0,
+            started_at: Some(0),
+            finished_at: None,
+        }
+    }
+
+    fn done(step_id: &str, output: Value) -> StepExecution {
+        StepExecution {
+            step_id: step_id.into(),
+            attempt: 1,
+            status: StepStatus::Completed,
+            output: Some(output),
+            error: None,
+            created_at: 0,
+            started_at: Some(0),
+            finished_at: Some(1),
+        }
+    }
+
+    fn plan(def: &Value, steps: &[StepExecution]) -> Plan {
+        let def = WorkflowDef::from_json(def).unwrap();
+        let templates = Templates::new();
+        let planner = RunPlanner {
+            def: &def,
+            templates: &templates,
+            secrets: &json!({}),
+        };
+        planner.plan(&run(), steps, 10)
+    }
+
+    #[test]
+    fn pure_steps_after_a_finished_step_resolve_in_the_same_plan() {
+        let def = json!({
+            "name": "w",
+            "steps": [
+                { "id": "call", "kind": "http", "request": { "url": "http://svc.example/" } },
+                { "id": "skip", "kind": "http", "needs": ["call"], "when": "{{ false }}",
+                  "request": { "url": "http://svc.example/" } },
+                { "id": "shape", "kind": "transform", "needs": ["call", "skip"],
+                  "value": { "x": "{{ steps.call.output.x }}", "n": "{{ inputs.n }}" } },
+            ],
+            "output": "{{ steps.shape.output }}",
+        });
+        let plan = plan(&def, &[done("call", json!({ "x": 7 }))]);
+        let inline: Vec<&str> = plan.inline.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(inline, ["skip", "shape"]);
+        assert!(plan.start.is_empty());
+        let terminal = plan.terminal.expect("the run ends in the same plan");
+        assert_eq!(terminal.status, RunStatus::Completed);
+        assert_eq!(
+            terminal.output.unwrap()["result"],
+            json!({ "x": 7, "n": 2 })
+        );
+        assert!(
+            terminal.event.is_some(),
+            "callback delivery writes the event"
+        );
+    }
+
+    #[test]
+    fn steps_that_need_io_or_fail_to_render_get_jobs() {
+        let def = json!({
+            "name": "w",
+            "steps": [
+                { "id": "a", "kind": "transform", "value": 1 },
+                { "id": "call", "kind": "http", "needs": ["a"],
+                  "request": { "url": "http://svc.example/" } },
+                { "id": "broken", "kind": "transform", "needs": ["a"],
+                  "value": "{{ inputs.missing }}" },
+            ],
+        });
+        let plan = plan(&def, &[done("a", json!(1))]);
+        assert!(plan.inline.is_empty());
+        let started: Vec<&str> = plan.start.iter().map(|s| s.step_id.as_str()).collect();
+        assert_eq!(started, ["call", "broken"]);
+        assert_eq!(plan.status, RunStatus::Running);
+        assert!(plan.terminal.is_none());
     }
 }
