@@ -43,14 +43,7 @@ pub async fn list(
     query: QueryMap,
 ) -> ApiResult<Json<Value>> {
     let page = query.page()?;
-    let status = query
-        .0
-        .get("status")
-        .map(|s| {
-            ApprovalStatus::parse(s)
-                .ok_or_else(|| ApiError::invalid(format!("invalid status {s:?}")))
-        })
-        .transpose()?;
+    let status = query.enumerated("status", ApprovalStatus::parse)?;
     let approvals = app
         .store
         .list_approvals(&auth.workspace_id, status, &page)

@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use hookflow_store::Page;
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiResult};
 use crate::app::App;
 use crate::ids::hash_key;
 
@@ -110,6 +110,14 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 1000;
 
 impl QueryMap {
+    /// An optional parameter with a fixed set of values; any other value is a 400.
+    pub fn enumerated<T>(&self, name: &str, parse: fn(&str) -> Option<T>) -> ApiResult<Option<T>> {
+        self.0
+            .get(name)
+            .map(|v| parse(v).ok_or_else(|| ApiError::invalid(format!("invalid {name} {v:?}"))))
+            .transpose()
+    }
+
     /// `limit` and `cursor`. The store is asked for one extra row to know whether more follow.
     pub fn page(&self) -> Result<Page, ApiError> {
         let limit = match self.0.get("limit") {

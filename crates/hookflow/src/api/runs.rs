@@ -102,18 +102,6 @@ pub async fn get(
     Ok(Json(out))
 }
 
-fn parse_enum<T>(
-    query: &QueryMap,
-    name: &str,
-    parse: fn(&str) -> Option<T>,
-) -> ApiResult<Option<T>> {
-    query
-        .0
-        .get(name)
-        .map(|v| parse(v).ok_or_else(|| ApiError::invalid(format!("invalid {name} {v:?}"))))
-        .transpose()
-}
-
 /// `GET /v1/workflow/runs` with the SPEC's filters.
 pub async fn list(
     State(app): State<Arc<App>>,
@@ -131,9 +119,9 @@ pub async fn list(
         .collect();
     metadata.sort();
     let filter = RunFilter {
-        status: parse_enum(&query, "status", RunStatus::parse)?,
-        source: parse_enum(&query, "source", Source::parse)?,
-        delivery: parse_enum(&query, "delivery", Delivery::parse)?,
+        status: query.enumerated("status", RunStatus::parse)?,
+        source: query.enumerated("source", Source::parse)?,
+        delivery: query.enumerated("delivery", Delivery::parse)?,
         deployment: query.0.get("deployment").cloned(),
         user: query.0.get("user").cloned(),
         metadata,
