@@ -47,6 +47,8 @@ pub struct WorkflowDef {
     pub steps: Vec<StepDef>,
     /// JSON template of the run's result.
     pub output: Option<Value>,
+    /// Whether any template reads `secrets` (runs of other workflows never load them).
+    pub uses_secrets: bool,
     validator: Option<Arc<jsonschema::Validator>>,
 }
 
@@ -260,7 +262,12 @@ fn parse(v: &Value) -> Result<WorkflowDef, String> {
         output_uses.json("output", o)?;
     }
     refs::check(&steps, &ancestors, &uses, &output_uses)?;
+    let uses_secrets = uses
+        .iter()
+        .chain([&output_uses])
+        .any(|u| u.reads("secrets"));
     Ok(WorkflowDef {
+        uses_secrets,
         name: name.to_owned(),
         description,
         inputs_schema,

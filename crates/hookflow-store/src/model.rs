@@ -230,14 +230,43 @@ pub struct NewRun {
     pub user: Option<String>,
     pub metadata: Value,
     pub settings: Value,
-    /// Status when the run starts at once (`running`, or `waiting` if only timers are open).
-    pub start_status: RunStatus,
-    pub first_steps: Vec<NewStep>,
+    /// What a run that starts at once does first (planned from no executions): its pure first
+    /// steps resolved, the steps to start, its status, and its end if it needs no job at all.
+    /// Ignored when the run is queued.
+    pub plan: Plan,
     pub concurrency_limit: Option<i64>,
     /// Refuse instead of queueing when the concurrency limit is reached (sync invoke).
     pub refuse_when_full: bool,
     pub idempotency: Option<IdempotencyClaim>,
     pub created_at: Millis,
+}
+
+impl NewRun {
+    /// The run as it is when it starts at once: what planning its first steps reads.
+    pub fn record(&self) -> RunRecord {
+        RunRecord {
+            id: self.id.clone(),
+            workspace_id: self.workspace_id.clone(),
+            deployment_id: self.deployment_id.clone(),
+            deployment_name: self.deployment_name.clone(),
+            variant: self.variant.clone(),
+            workflow: self.workflow.clone(),
+            version: self.version,
+            status: RunStatus::Running,
+            source: self.source,
+            delivery: self.delivery,
+            callback_url: self.callback_url.clone(),
+            inputs: self.inputs.clone(),
+            user: self.user.clone(),
+            metadata: self.metadata.clone(),
+            settings: self.settings.clone(),
+            output: None,
+            error: None,
+            created_at: self.created_at,
+            started_at: Some(self.created_at),
+            finished_at: None,
+        }
+    }
 }
 
 /// Result of creating a run.

@@ -49,6 +49,7 @@ conformance!(
     definitions::concurrent_workflow_versions,
     definitions::deployments,
     runs::create_and_read,
+    runs::created_finished,
     runs::idempotency,
     runs::concurrency_limit_queues,
     runs::concurrency_limit_race,

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hookflow_core::{Templates, WorkflowDef};
 use hookflow_store::{Applied, Millis, Store, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
 use crate::config::Settings;
@@ -80,6 +81,20 @@ impl App {
                 self.outbox.notify_one();
             }
             self.work.notify_one();
+        }
+    }
+
+    /// The workspace's secret values for a run of `def`: loaded only when its templates read
+    /// them.
+    pub async fn secrets(
+        &self,
+        def: &WorkflowDef,
+        workspace_id: &str,
+    ) -> Result<Value, StoreError> {
+        if def.uses_secrets {
+            self.store.secret_values(workspace_id).await
+        } else {
+            Ok(Value::Object(Map::new()))
         }
     }
 

@@ -27,6 +27,14 @@ impl Uses {
         Ok(())
     }
 
+    /// Whether any template reads the context's `root` (`secrets`, say).
+    pub(super) fn reads(&self, root: &str) -> bool {
+        self.0
+            .iter()
+            .flat_map(|(_, vars)| vars)
+            .any(|v| v.split(['.', '[']).next() == Some(root))
+    }
+
     /// Checks every string leaf of the JSON template at `field`.
     pub(super) fn json(&mut self, field: &str, v: &Value) -> Result<(), String> {
         match v {

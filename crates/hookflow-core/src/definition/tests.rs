@@ -583,3 +583,22 @@ fn inputs_violations_are_listed_briefly() {
     let e = def.check_inputs(&json!([1])).unwrap_err();
     assert!(e.contains("not of type \"object\""), "{e}");
 }
+
+#[test]
+fn knows_whether_templates_read_secrets() {
+    let uses = |steps: Value, output: Option<&str>| {
+        let mut def = minimal(steps);
+        if let Some(o) = output {
+            def["output"] = json!(o);
+        }
+        WorkflowDef::from_json(&def).unwrap().uses_secrets
+    };
+    let transform = |value: &str| json!([{"id": "a", "kind": "transform", "value": value}]);
+    assert!(!uses(transform("{{ inputs.x ~ settings.secrets }}"), None));
+    assert!(uses(transform("{{ secrets.KEY }}"), None));
+    assert!(uses(transform("{{ secrets['KEY'] }}"), None));
+    assert!(uses(transform("1"), Some("{{ secrets.KEY }}")));
+    let header = json!([{"id": "a", "kind": "http", "request": {
+        "url": "http://svc.example/", "headers": {"Authorization": "Bearer {{ secrets.T }}"}}}]);
+    assert!(uses(header, None));
+}

@@ -11,7 +11,7 @@ macro_rules! impl_runs {
             };
             use $crate::{
                 Cancelled, CreatedRun, IdempotencyClaim, Millis, NewRun, Page, Result,
-                RunFilter, RunRecord, RunStatus, Runs, StepExecution, Terminal,
+                RunFilter, RunRecord, RunStatus, Runs, Signal, StepExecution, Terminal,
             };
 
             impl $store {
@@ -103,17 +103,18 @@ macro_rules! impl_runs {
                         // Dropping the transaction also releases the idempotency key.
                         return Ok(CreatedRun::ConcurrencyLimit);
                     }
-                    let status = if queued {
-                        RunStatus::Queued
-                    } else {
-                        run.start_status
+                    let terminal = run.plan.terminal.as_ref().filter(|_| !queued);
+                    let status = match (queued, terminal) {
+                        (true, _) => RunStatus::Queued,
+                        (false, Some(terminal)) => terminal.status,
+                        (false, None) => run.plan.status,
                     };
                     sqlx::query(
                         "INSERT INTO runs (id, workspace_id, deployment_id, deployment_name, \
                          variant, workflow, version, status, source, delivery, callback_url, \
-                         inputs, run_user, metadata, settings, created_at, started_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                         $15, $16, $17)",
+                         inputs, run_user, metadata, settings, created_at, started_at, output, \
+                         error, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
                     )
                     .bind(&run.id)
                     .bind(&run.workspace_id)
@@ -132,23 +133,36 @@ macro_rules! impl_runs {
                     .bind(run.settings.to_string())
                     .bind(run.created_at)
                     .bind((!queued).then_some(run.created_at))
+                    .bind(terminal.and_then(|t| t.output.as_ref()).map(|v| v.to_string()))
+                    .bind(Self::clean(terminal.and_then(|t| t.error.as_deref())))
+                    .bind(terminal.map(|_| run.created_at))
                     .execute(&mut *tx)
                     .await?;
-                    if !queued {
-                        Self::schedule_steps(&mut tx, &run.id, &run.first_steps, run.created_at)
+                    if queued {
+                        if let Some(claim) = &run.idempotency {
+                            let mut response = claim.response.clone();
+                            response["run_status"] = status.as_str().into();
+                            sqlx::query(
+                                "UPDATE idempotency_keys SET response = $3 \
+                                 WHERE workspace_id = $1 AND key = $2",
+                            )
+                            .bind(&run.workspace_id)
+                            .bind(&claim.key)
+                            .bind(response.to_string())
+                            .execute(&mut *tx)
                             .await?;
-                    } else if let Some(claim) = &run.idempotency {
-                        let mut response = claim.response.clone();
-                        response["run_status"] = status.as_str().into();
-                        sqlx::query(
-                            "UPDATE idempotency_keys SET response = $3 \
-                             WHERE workspace_id = $1 AND key = $2",
-                        )
-                        .bind(&run.workspace_id)
-                        .bind(&claim.key)
-                        .bind(response.to_string())
-                        .execute(&mut *tx)
-                        .await?;
+                        }
+                    } else {
+                        let now = run.created_at;
+                        for (step_id, result) in &run.plan.inline {
+                            Self::record_inline(&mut tx, &run.id, step_id, result, now).await?;
+                        }
+                        Self::schedule_steps(&mut tx, &run.id, &run.plan.start, now).await?;
+                        if let Some(event) = terminal.and_then(|t| t.event.as_ref()) {
+                            Self::insert_delivery(&mut tx, &run.record(), event, Some(now), now)
+                                .await?;
+                            tx.signal(Signal::Outbox);
+                        }
                     }
                     tx.commit().await?;
                     Ok(CreatedRun::Created(status))

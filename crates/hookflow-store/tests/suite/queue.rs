@@ -19,7 +19,7 @@ pub async fn claims_lease_jobs(db: &TestDb) {
     let (_, dep) = fixture(db, None).await;
     let planner = DagPlanner::parallel(&["a", "later"]);
     let mut run = new_run(&dep, &["a", "later"]);
-    run.first_steps[1].run_at = T0 + 3 * LEASE;
+    run.plan.start[1].run_at = T0 + 3 * LEASE;
     s.create_run(&run).await.unwrap();
 
     assert!(s.claim_jobs(T0 - 1, 10).await.unwrap().is_empty());
@@ -307,7 +307,7 @@ pub async fn racing_finishes_end_run_once(db: &TestDb) {
     for round in 0..10 {
         let now = T0 + round * 10 * LEASE;
         let mut run = new_run(&dep, &["a", "b"]);
-        for step in &mut run.first_steps {
+        for step in &mut run.plan.start {
             step.run_at = now;
         }
         db.store.create_run(&run).await.unwrap();
@@ -352,7 +352,7 @@ pub async fn racing_finishes_join_once(db: &TestDb) {
     for round in 0..10 {
         let now = T0 + round * 10 * LEASE;
         let mut run = new_run(&dep, &["a", "b"]);
-        for step in &mut run.first_steps {
+        for step in &mut run.plan.start {
             step.run_at = now;
         }
         db.store.create_run(&run).await.unwrap();

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use hookflow_store::{
-    Cancelled, CreatedRun, Delivery, IdempotencyClaim, JobKind, Page, RunFilter, RunStatus, Source,
-    StepStatus, Terminal,
+    Cancelled, CreatedRun, Delivery, IdempotencyClaim, JobKind, Page, Plan, RunFilter, RunStatus,
+    Source, StepResult, StepStatus, Terminal,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -59,9 +59,9 @@ pub async fn create_and_read(db: &TestDb) {
 
     // A timer starts (and counts as running) as soon as it is scheduled.
     let mut timed = new_run(&dep, &["wait"]);
-    timed.first_steps[0].timer = true;
-    timed.first_steps[0].run_at = T0 + 5_000;
-    timed.start_status = RunStatus::Waiting;
+    timed.plan.start[0].timer = true;
+    timed.plan.start[0].run_at = T0 + 5_000;
+    timed.plan.status = RunStatus::Waiting;
     s.create_run(&timed).await.unwrap();
     let stored = s.run_by_id(&timed.id).await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::Waiting);
@@ -70,6 +70,77 @@ pub async fn create_and_read(db: &TestDb) {
         (wait.status, wait.started_at),
         (StepStatus::Running, Some(T0))
     );
+}
+
+/// A run whose plan resolves its steps itself is written finished, with its event, in the
+/// creating transaction; a queued run ignores its plan.
+pub async fn created_finished(db: &TestDb) {
+    let s = &db.store;
+    let (ws, dep) = fixture(db, None).await;
+    let mut run = new_run(&dep, &[]);
+    let record = run.record();
+    run.plan = Plan {
+        inline: vec![
+            ("shape".into(), StepResult::Completed(json!({"x": 1}))),
+            ("maybe".into(), StepResult::Skipped),
+        ],
+        start: Vec::new(),
+        status: RunStatus::Running,
+        terminal: Some(Terminal {
+            status: RunStatus::Completed,
+            output: Some(json!({"result": {"x": 1}})),
+            error: None,
+            event: Some(event(&record, "completed")),
+        }),
+    };
+    assert!(matches!(
+        s.create_run(&run).await.unwrap(),
+        CreatedRun::Created(RunStatus::Completed)
+    ));
+    let stored = s.run(&ws.id, &run.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Completed);
+    assert_eq!(stored.output, Some(json!({"result": {"x": 1}})));
+    assert_eq!(
+        (stored.started_at, stored.finished_at),
+        (Some(T0), Some(T0))
+    );
+    let steps = s.step_executions(&run.id).await.unwrap();
+    let summary: Vec<_> = steps
+        .iter()
+        .map(|e| (e.step_id.as_str(), e.attempt, e.status, e.output.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("maybe", 1, StepStatus::Skipped, None),
+            ("shape", 1, StepStatus::Completed, Some(json!({"x": 1}))),
+        ]
+    );
+    assert_eq!(
+        s.next_job_at().await.unwrap(),
+        None,
+        "no job for a finished run"
+    );
+    let events = s.claim_deliveries(T0, 10, 1000).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].run_id.as_str(), events[0].event_type.as_str()),
+        (run.id.as_str(), "workflow.completed")
+    );
+
+    // The same plan on a full deployment: the run queues, nothing of the plan is written.
+    let (_, limited) = fixture(db, Some(1)).await;
+    s.create_run(&new_run(&limited, &["a"])).await.unwrap();
+    let mut queued = new_run(&limited, &[]);
+    queued.plan = run.plan.clone();
+    assert!(matches!(
+        s.create_run(&queued).await.unwrap(),
+        CreatedRun::Created(RunStatus::Queued)
+    ));
+    let stored = s.run_by_id(&queued.id).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.output), (RunStatus::Queued, None));
+    assert!(s.step_executions(&queued.id).await.unwrap().is_empty());
+    assert!(s.claim_deliveries(T0, 10, 1000).await.unwrap().is_empty());
 }
 
 pub async fn idempotency(db: &TestDb) {

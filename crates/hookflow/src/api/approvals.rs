@@ -134,7 +134,7 @@ async fn record(app: &App, approval: &Approval, answer: Answer) -> ApiResult<Jso
             retry: None,
         },
     };
-    let secrets = app.store.secret_values(workspace_id).await?;
+    let secrets = app.secrets(&def, workspace_id).await?;
     let planner = RunPlanner {
         def: &def,
         templates: &app.templates,

@@ -64,7 +64,7 @@ pub async fn complete(
         Ok(outputs) => StepResult::Completed(outputs),
         Err(error) => failed_attempt(step, attempt, error),
     };
-    let secrets = app.store.secret_values(&run.workspace_id).await?;
+    let secrets = app.secrets(&def, &run.workspace_id).await?;
     let planner = RunPlanner {
         def: &def,
         templates: &app.templates,

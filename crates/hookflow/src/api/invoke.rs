@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hookflow_store::{
-    CreatedRun, Delivery, Deployment, IdempotencyClaim, NewRun, RunRecord, RunStatus, Source,
+    Applied, CreatedRun, Delivery, Deployment, IdempotencyClaim, NewRun, Plan, Planner, RunRecord,
+    RunStatus, Source,
 };
 use serde_json::{Map, Value, json};
 
@@ -16,7 +17,7 @@ use super::deployments::find;
 use super::extract::{Auth, JsonBody};
 use super::{ApiError, ApiResult};
 use crate::app::{App, now_ms};
-use crate::engine::first_steps;
+use crate::engine::RunPlanner;
 use crate::ids::{body_hash, request_id};
 
 /// Longest accepted `Idempotency-Key`.
@@ -226,13 +227,12 @@ pub async fn start_run(
 
     let now = now_ms();
     let id = request_id();
-    let (first, start_status) = first_steps(&def, now);
     let mut async_answer = json!({ "request_id": id, "run_status": RunStatus::Running });
     if source == Source::Api {
         // A trigger's caller already holds the secret.
         async_answer["webhook_secret"] = deployment.secret.clone().into();
     }
-    let run = NewRun {
+    let mut run = NewRun {
         id: id.clone(),
         workspace_id: workspace_id.clone(),
         deployment_id: deployment.id.clone(),
@@ -251,8 +251,13 @@ pub async fn start_run(
         user: start.user,
         metadata: start.metadata,
         settings: variant.settings.clone(),
-        start_status,
-        first_steps: first,
+        // Planned below, from the run as it starts.
+        plan: Plan {
+            inline: Vec::new(),
+            start: Vec::new(),
+            status: RunStatus::Running,
+            terminal: None,
+        },
         concurrency_limit: deployment.concurrency_limit,
         refuse_when_full: sync,
         idempotency: idempotency.map(|(key, body_hash)| IdempotencyClaim {
@@ -262,12 +267,34 @@ pub async fn start_run(
         }),
         created_at: now,
     };
+    // Its first pure steps are resolved now, so a run of only transforms ends right here.
+    let secrets = app.secrets(&def, workspace_id).await?;
+    let planner = RunPlanner {
+        def: &def,
+        templates: &app.templates,
+        secrets: &secrets,
+    };
+    run.plan = planner.plan(&run.record(), &[], now);
     match app.store.create_run(&run).await? {
         CreatedRun::Created(status) => {
             metrics::counter!("hookflow_runs_started_total", "source" => source.as_str())
                 .increment(1);
-            app.work.notify_one();
-            if sync {
+            let ended = run.plan.terminal.as_ref().filter(|t| t.status == status);
+            app.signal(
+                &id,
+                &Applied::Done {
+                    terminal: ended.map(|t| t.status),
+                    event: ended.is_some_and(|t| t.event.is_some()),
+                },
+            );
+            if let (true, Some(terminal)) = (sync, ended) {
+                // It ended as it was created: the answer needs no read.
+                let mut record = run.record();
+                record.status = terminal.status;
+                record.output = terminal.output.clone();
+                record.error = terminal.error.clone();
+                Ok(run_answer(&record))
+            } else if sync {
                 wait_for(app, workspace_id, &id).await
             } else {
                 let mut answer = async_answer;

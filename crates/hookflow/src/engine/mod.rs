@@ -11,7 +11,7 @@ use hookflow_store::{ClaimedJob, StepResult};
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms};
-pub use planner::{RunPlanner, first_steps, run_context, step_states};
+pub use planner::{RunPlanner, run_context, step_states};
 pub use steps::fail as failed_attempt;
 
 /// Steps executing at once on one node.
@@ -94,7 +94,7 @@ async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
         .definition(&run.workspace_id, &run.workflow, run.version)
         .await?
         .ok_or_else(|| anyhow::anyhow!("workflow {} v{} not found", run.workflow, run.version))?;
-    let secrets = app.store.secret_values(&run.workspace_id).await?;
+    let secrets = app.secrets(&def, &run.workspace_id).await?;
     let result = match &job.step_id {
         None => None,
         Some(step_id) => {

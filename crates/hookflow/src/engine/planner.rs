@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use hookflow_core::run::{Decision, Outcome, StepState, context, decide};
+use hookflow_core::run::{Outcome, StepState, context, decide};
 use hookflow_core::{OnError, StepDef, StepKind, Templates, WorkflowDef};
 use hookflow_store::{
     Delivery, Millis, NewStep, Plan, Planner, RunRecord, RunStatus, StepExecution, StepResult,
@@ -64,18 +64,6 @@ fn live_status<'a>(def: &WorkflowDef, open: impl IntoIterator<Item = &'a str>) -
     } else {
         RunStatus::Waiting
     }
-}
-
-/// The first steps of a new run and the status it starts in.
-pub fn first_steps(def: &WorkflowDef, now: Millis) -> (Vec<NewStep>, RunStatus) {
-    let Decision { ready, .. } = decide(def, &HashMap::new());
-    let steps: Vec<NewStep> = ready
-        .iter()
-        .filter_map(|id| def.step(id))
-        .map(|s| new_step(s, 1, now))
-        .collect();
-    let status = live_status(def, ready.iter().map(String::as_str));
-    (steps, status)
 }
 
 /// Each step's state (from its latest attempt) and the outputs templates can read.
