@@ -2,7 +2,6 @@
 //! `listen`.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use crate::config::{DEFAULT_DATABASE, DatabaseArg, ListenArgs, VerifyArgs};
 use crate::server::{connect, new_key};
@@ -27,12 +26,7 @@ pub async fn create_key(workspace: &str, arg: DatabaseArg) -> anyhow::Result<()>
 
 /// `hookflow verify`: checks every signature header present; fails if none is.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let mut body = Vec::new();
-    if args.body_file.as_os_str() == "-" {
-        std::io::stdin().read_to_end(&mut body)?;
-    } else {
-        body = std::fs::read(&args.body_file)?;
-    }
+    let body = crate::client::read_source(&args.body_file)?;
     let headers: HashMap<String, String> = args
         .headers
         .iter()

@@ -8,6 +8,10 @@ use hookflow_core::retry::{DeliverySchedule, RetryRules};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::client::args::{
+    ApprovalsCommand, DeploymentsCommand, InvokeArgs, Remote, RunsCommand, WorkflowsCommand,
+};
+
 /// hookflow: run workflows asynchronously and deliver their results by signed webhooks.
 #[derive(Debug, Parser)]
 #[command(name = "hookflow", version, about)]
@@ -30,6 +34,16 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Run a local callback receiver that verifies and prints every event (development).
     Listen(ListenArgs),
+    /// Workflows of a running server: list, read, save (client; see --url, --api-key).
+    Workflows(Remote<WorkflowsCommand>),
+    /// Deployments of a running server: list, read, create, update, rotate the secret (client).
+    Deployments(Remote<DeploymentsCommand>),
+    /// Run a deployment on a running server: sync, or async with --callback-url (client).
+    Invoke(InvokeArgs),
+    /// Runs of a running server: list, read, cancel, delivery attempts, replay (client).
+    Runs(Remote<RunsCommand>),
+    /// Approvals of a running server: list, read, approve, reject (client).
+    Approvals(Remote<ApprovalsCommand>),
 }
 
 /// `hookflow listen …`

@@ -2,10 +2,12 @@
 //!
 //! `api` turns requests into store transactions, `engine` executes due steps, `delivery`
 //! sends signed callbacks from the outbox; the store (`hookflow-store`) is the only truth.
+//! `client` is the command-line client of a running server's API.
 
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod engine;

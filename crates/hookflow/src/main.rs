@@ -1,8 +1,10 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use hookflow::config::{Cli, Command, KeysCommand};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -10,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "hookflow=info,tower_http=warn".into()),
         )
         .init();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Serve(args) => hookflow::server::serve(args).await,
         Command::Migrate(db) => hookflow::cli::migrate(db).await,
         Command::Keys(KeysCommand::Create {
@@ -19,5 +21,18 @@ async fn main() -> anyhow::Result<()> {
         }) => hookflow::cli::create_key(&workspace, database).await,
         Command::Verify(args) => hookflow::cli::verify(args),
         Command::Listen(args) => hookflow::cli::listen(args).await,
+        Command::Workflows(remote) => hookflow::client::workflows(remote).await,
+        Command::Deployments(remote) => hookflow::client::deployments(remote).await,
+        Command::Invoke(args) => hookflow::client::invoke(args).await,
+        Command::Runs(remote) => hookflow::client::runs(remote).await,
+        Command::Approvals(remote) => hookflow::client::approvals(remote).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, like clap's own errors: the message and its causes.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

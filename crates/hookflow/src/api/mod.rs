@@ -10,6 +10,7 @@ mod extract;
 mod invoke;
 mod runs;
 mod triggers;
+mod ui;
 mod workflows;
 
 use std::sync::Arc;
@@ -157,7 +158,7 @@ pub fn router(app: Arc<App>) -> Router {
         },
         "security": [{ "apiKey": [] }],
     });
-    router
+    ui::routes(router)
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(openapi) }),
