@@ -8,14 +8,14 @@ use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use super::{Autocommit, PgStore, Tx};
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
-use crate::{ClaimedJob, Millis, NewStep, Result, Signal};
+use crate::{ClaimedJob, Millis, NewStep, Result, RunRecord, Signal, StepExecution};
 
 impl Backend for PgStore {
     type Db = Postgres;
     type Tx = Tx;
     type Autocommit = Autocommit;
 
-    const FOR_UPDATE: &str = " FOR UPDATE";
+    const FOR_UPDATE: &str = " FOR UPDATE OF r";
 
     /// DISTINCT ON walks the primary key (workspace, name, version) backwards: the newest
     /// version of each name, names descending.
@@ -78,6 +78,32 @@ impl Backend for PgStore {
     }
 
     /// One statement for all steps, then wakes the other nodes.
+    /// Two statements: the second one's snapshot is taken once the run's lock is held (a
+    /// join would read the executions as they were before waiting for the lock).
+    async fn load_run_state(
+        conn: &mut PgConnection,
+        run_id: &str,
+    ) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
+        let Some(run) = Self::load_run(conn, run_id).await? else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {} FROM step_executions WHERE run_id = $1 ORDER BY step_id, attempt",
+            rows::STEP_COLUMNS
+        );
+        let steps = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(run_id)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(Some((
+            run,
+            steps
+                .iter()
+                .map(rows::step_execution)
+                .collect::<Result<_>>()?,
+        )))
+    }
+
     async fn schedule_steps(
         tx: &mut Tx,
         run_id: &str,

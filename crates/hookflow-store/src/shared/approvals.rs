@@ -66,7 +66,7 @@ macro_rules! impl_approvals {
                     };
                     // The run's lock comes first (as everywhere); the approval is read again
                     // under it, so of two answers racing, the second sees the first.
-                    let run = Self::load_run(&mut tx, &found.run_id)
+                    let (run, steps) = Self::load_run_state(&mut tx, &found.run_id)
                         .await?
                         .ok_or_else(|| {
                             StoreError::Corrupt(format!("approval of missing run {}", found.run_id))
@@ -109,7 +109,8 @@ macro_rules! impl_approvals {
                         .await?;
                     let step = Some((found.step_id.as_str(), found.attempt));
                     let applied =
-                        Self::apply_result(&mut tx, &run, step, Some(result), planner, now).await?;
+                        Self::apply_result(&mut tx, &run, steps, step, Some(result), planner, now)
+                            .await?;
                     tx.commit().await?;
                     Ok(Completion::Applied(applied))
                 }

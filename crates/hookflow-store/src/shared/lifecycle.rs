@@ -15,7 +15,7 @@ macro_rules! impl_lifecycle {
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
                 Applied, Millis, NewApproval, NewEvent, Planner, Result, RunRecord, Signal,
-                StepResult, Terminal,
+                StepExecution, StepResult, Terminal,
             };
 
             impl $store {
@@ -25,7 +25,7 @@ macro_rules! impl_lifecycle {
                     run_id: &str,
                 ) -> Result<Option<RunRecord>> {
                     let sql = format!(
-                        "SELECT {} FROM runs WHERE id = $1{}",
+                        "SELECT {} FROM runs r WHERE r.id = $1{}",
                         rows::RUN_COLUMNS,
                         Self::FOR_UPDATE
                     );
@@ -94,41 +94,41 @@ macro_rules! impl_lifecycle {
                 }
 
                 /// Makes a locked run terminal, writes its event (the outbox row) and frees
-                /// its concurrency slot.
+                /// its concurrency slot. `open`: the run may have open attempts (and so jobs
+                /// and pending approvals) to abandon.
                 async fn end_run(
                     tx: &mut Tx<Self>,
                     run: &RunRecord,
                     terminal: &Terminal,
+                    open: bool,
                     now: Millis,
                 ) -> Result<()> {
-                    sqlx::query(
+                    // Deployments without a limit and without queued runs (the common case)
+                    // skip promotion and its slot lock, so their runs end without waiting for
+                    // each other.
+                    let promote: Option<bool> = sqlx::query_scalar(
                         "UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4 \
-                         WHERE id = $5",
+                         WHERE id = $5 RETURNING ( \
+                           SELECT d.concurrency_limit IS NOT NULL OR EXISTS ( \
+                             SELECT 1 FROM runs q \
+                             WHERE q.deployment_id = d.id AND q.status = 'queued') \
+                           FROM deployments d WHERE d.id = runs.deployment_id)",
                     )
                     .bind(terminal.status.as_str())
                     .bind(terminal.output.as_ref().map(|v| v.to_string()))
                     .bind(Self::clean(terminal.error.as_deref()))
                     .bind(now)
                     .bind(&run.id)
-                    .execute(&mut **tx)
+                    .fetch_one(&mut **tx)
                     .await?;
-                    Self::abandon_open_work(tx, &run.id, now).await?;
+                    if open {
+                        Self::abandon_open_work(tx, &run.id, now).await?;
+                    }
                     if let Some(event) = &terminal.event {
                         Self::insert_delivery(tx, run, event, Some(now), now).await?;
                         tx.signal(Signal::Outbox);
                     }
                     tx.signal(Signal::RunEnded(run.id.clone()));
-                    // Deployments without a limit and without queued runs (the common case)
-                    // skip promotion and its slot lock, so their runs end without waiting for
-                    // each other.
-                    let promote: Option<bool> = sqlx::query_scalar(
-                        "SELECT d.concurrency_limit IS NOT NULL OR EXISTS ( \
-                           SELECT 1 FROM runs WHERE deployment_id = $1 AND status = 'queued') \
-                         FROM deployments d WHERE d.id = $1",
-                    )
-                    .bind(&run.deployment_id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
                     if promote == Some(true) {
                         Self::promote(tx, &run.deployment_id, now).await?;
                     }
@@ -229,11 +229,12 @@ macro_rules! impl_lifecycle {
                     Ok(())
                 }
 
-                /// Applies one attempt's result to a live, locked run, then plans what
-                /// follows.
+                /// Applies one attempt's result to a live, locked run whose executions (as
+                /// loaded with it) are `steps`, then plans what follows.
                 async fn apply_result(
                     tx: &mut Tx<Self>,
                     run: &RunRecord,
+                    mut steps: Vec<StepExecution>,
                     step: Option<(&str, i64)>,
                     result: Option<StepResult>,
                     planner: &dyn Planner,
@@ -241,6 +242,7 @@ macro_rules! impl_lifecycle {
                 ) -> Result<Applied> {
                     if let (Some((step_id, attempt)), Some(result)) = (step, &result) {
                         Self::record_step(tx, &run.id, step_id, attempt, result, now).await?;
+                        rows::record_in(&mut steps, step_id, attempt, result, now);
                         match result {
                             StepResult::Failed {
                                 retry: Some(retry), ..
@@ -275,35 +277,24 @@ macro_rules! impl_lifecycle {
                             _ => {}
                         }
                     }
-                    Self::plan(tx, run, planner, now).await
+                    Self::plan(tx, run, &steps, planner, now).await
                 }
 
-                /// Asks the planner what follows from the run's stored state, and writes it.
+                /// Asks the planner what follows from the run's executions, and writes it.
                 async fn plan(
                     tx: &mut Tx<Self>,
                     run: &RunRecord,
+                    steps: &[StepExecution],
                     planner: &dyn Planner,
                     now: Millis,
                 ) -> Result<Applied> {
-                    let sql = format!(
-                        "SELECT {} FROM step_executions WHERE run_id = $1 \
-                         ORDER BY step_id, attempt",
-                        rows::STEP_COLUMNS
-                    );
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(&run.id)
-                        .fetch_all(&mut **tx)
-                        .await?;
-                    let steps = rows
-                        .iter()
-                        .map(rows::step_execution)
-                        .collect::<Result<Vec<_>>>()?;
-                    let plan = planner.plan(run, &steps, now);
+                    let plan = planner.plan(run, steps, now);
                     for (step_id, result) in &plan.inline {
                         Self::record_inline(tx, &run.id, step_id, result, now).await?;
                     }
                     if let Some(terminal) = &plan.terminal {
-                        Self::end_run(tx, run, terminal, now).await?;
+                        let open = steps.iter().any(|e| e.status.is_open());
+                        Self::end_run(tx, run, terminal, open, now).await?;
                         return Ok(Applied::Done {
                             terminal: Some(terminal.status),
                             event: terminal.event.is_some(),

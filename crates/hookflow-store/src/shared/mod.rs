@@ -27,7 +27,7 @@ use std::ops::DerefMut;
 
 use sqlx::{Database, Pool, QueryBuilder};
 
-use crate::{ClaimedJob, Millis, NewStep, Page, Result};
+use crate::{ClaimedJob, Millis, NewStep, Page, Result, RunRecord, StepExecution};
 
 /// Lease of a job that starts a promoted run or times out a waiting step.
 pub(crate) const TIMER_LEASE_MS: i64 = 30_000;
@@ -62,8 +62,8 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// it has `commit(self)`.
     type Autocommit: DerefMut<Target = Conn<Self>> + Send;
 
-    /// Appended to a SELECT inside a write so the rows it reads stay as read until the write
-    /// ends: PostgreSQL's `FOR UPDATE`.
+    /// Appended to a SELECT of `runs r` inside a write so the run rows it reads stay as read
+    /// until the write ends: PostgreSQL's `FOR UPDATE OF r`.
     const FOR_UPDATE: &'static str;
     /// The newest version of each workflow of a workspace, names descending: `$1` workspace,
     /// `$2` name cursor, `$3` limit.
@@ -94,6 +94,14 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
         space: LockSpace,
         key: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Loads a run and every execution of its steps inside a write, locking the run until the
+    /// write ends. The executions must be read once the lock is held, so that they include
+    /// what a write that held it before committed.
+    fn load_run_state(
+        conn: &mut Conn<Self>,
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<(RunRecord, Vec<StepExecution>)>>> + Send;
 
     /// Inserts step executions and their jobs.
     fn schedule_steps(

@@ -31,7 +31,7 @@ macro_rules! impl_queue {
                     now: Millis,
                 ) -> Result<Applied> {
                     let mut tx = self.begin().await?;
-                    let run = Self::load_run(&mut tx, &job.run_id).await?;
+                    let state = Self::load_run_state(&mut tx, &job.run_id).await?;
                     let held = sqlx::query("DELETE FROM jobs WHERE id = $1 AND lease_token = $2")
                         .bind(job.id)
                         .bind(job.lease_token)
@@ -40,7 +40,7 @@ macro_rules! impl_queue {
                     if held.rows_affected() == 0 {
                         return Ok(Applied::Stale);
                     }
-                    let run = run.ok_or_else(|| {
+                    let (run, steps) = state.ok_or_else(|| {
                         StoreError::Corrupt(format!("job of missing run {}", job.run_id))
                     })?;
                     if run.status.is_terminal() {
@@ -60,7 +60,8 @@ macro_rules! impl_queue {
                         .await?;
                     }
                     let applied =
-                        Self::apply_result(&mut tx, &run, step, result, planner, now).await?;
+                        Self::apply_result(&mut tx, &run, steps, step, result, planner, now)
+                            .await?;
                     tx.commit().await?;
                     Ok(applied)
                 }
@@ -78,7 +79,7 @@ macro_rules! impl_queue {
                     let mut tx = self.begin().await?;
                     // Locked first: a duplicate completion racing this one waits, then sees
                     // its hash.
-                    let run = Self::load_run(&mut tx, run_id).await?;
+                    let state = Self::load_run_state(&mut tx, run_id).await?;
                     let found: Option<(String, Option<String>)> = sqlx::query_as(
                         "SELECT status, completion_hash FROM step_executions \
                          WHERE run_id = $1 AND step_id = $2 AND attempt = $3",
@@ -98,7 +99,7 @@ macro_rules! impl_queue {
                             Completion::Conflict
                         });
                     }
-                    let run = run.ok_or_else(|| {
+                    let (run, steps) = state.ok_or_else(|| {
                         StoreError::Corrupt(format!("step of missing run {run_id}"))
                     })?;
                     if run.status.is_terminal()
@@ -123,7 +124,8 @@ macro_rules! impl_queue {
                     .await?;
                     let step = Some((step_id, attempt));
                     let applied =
-                        Self::apply_result(&mut tx, &run, step, Some(result), planner, now).await?;
+                        Self::apply_result(&mut tx, &run, steps, step, Some(result), planner, now)
+                            .await?;
                     tx.commit().await?;
                     Ok(Completion::Applied(applied))
                 }

@@ -7,8 +7,9 @@ use sqlx::{Decode, Row, Type};
 
 use crate::{
     ApiKey, Approval, ApprovalStatus, AttemptRecord, ClaimedDelivery, ClaimedJob, Delivery,
-    DeliveryStatus, Deployment, EventRecord, JobKind, Result, RunRecord, RunStatus, SecretMeta,
-    Source, StepExecution, StepStatus, StoreError, Trigger, WorkflowVersion,
+    DeliveryStatus, Deployment, EventRecord, JobKind, Millis, Result, RunRecord, RunStatus,
+    SecretMeta, Source, StepExecution, StepResult, StepStatus, StoreError, Trigger,
+    WorkflowVersion,
 };
 
 /// A column type that both backends decode.
@@ -91,16 +92,82 @@ pub(crate) fn run(row: &impl Columns) -> Result<RunRecord> {
 }
 
 pub(crate) fn step_execution(row: &impl Columns) -> Result<StepExecution> {
+    step_execution_as(row, "")
+}
+
+/// Reads a step execution whose columns carry `prefix` (`s_status`…).
+fn step_execution_as(row: &impl Columns, prefix: &str) -> Result<StepExecution> {
+    let col = |name: &str| format!("{prefix}{name}");
     Ok(StepExecution {
-        step_id: row.get("step_id")?,
-        attempt: row.get("attempt")?,
-        status: parse(row, "status", StepStatus::parse)?,
-        output: opt_json(row.get("output")?)?,
-        error: row.get("error")?,
-        created_at: row.get("created_at")?,
-        started_at: row.get("started_at")?,
-        finished_at: row.get("finished_at")?,
+        step_id: row.get(&col("step_id"))?,
+        attempt: row.get(&col("attempt"))?,
+        status: parse(row, &col("status"), StepStatus::parse)?,
+        output: opt_json(row.get(&col("output"))?)?,
+        error: row.get(&col("error"))?,
+        created_at: row.get(&col("created_at"))?,
+        started_at: row.get(&col("started_at"))?,
+        finished_at: row.get(&col("finished_at"))?,
     })
+}
+
+/// Applies what [`crate::shared`]'s `record_step` writes to the loaded executions of a run.
+pub(crate) fn record_in(
+    steps: &mut [StepExecution],
+    step_id: &str,
+    attempt: i64,
+    result: &StepResult,
+    now: Millis,
+) {
+    let (status, output, error) = match result {
+        StepResult::Completed(output) => (StepStatus::Completed, Some(output.clone()), None),
+        StepResult::Skipped => (StepStatus::Skipped, None, None),
+        StepResult::Failed { error, .. } => (StepStatus::Failed, None, Some(error.clone())),
+        StepResult::Waiting { .. } => return,
+    };
+    if let Some(e) = steps
+        .iter_mut()
+        .find(|e| e.step_id == step_id && e.attempt == attempt)
+    {
+        e.status = status;
+        e.output = output;
+        e.error = error;
+        e.finished_at = Some(now);
+        e.started_at = e.started_at.or(Some(now));
+    }
+}
+
+/// A run and every execution of its steps in one query: `runs r` left-joined with
+/// `step_executions s`, `$1` the run's id, executions in (step, attempt) order; `lock` ends the
+/// query (`FOR UPDATE OF r` inside a PostgreSQL write). Read with [`run_state`].
+pub(crate) fn run_state_sql(lock: &str) -> String {
+    let run = RUN_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let steps = STEP_COLUMNS
+        .split(", ")
+        .map(|c| format!("s.{c} AS s_{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {run}, {steps} FROM runs r LEFT JOIN step_executions s ON s.run_id = r.id \
+         WHERE r.id = $1 ORDER BY s.step_id, s.attempt{lock}"
+    )
+}
+
+/// Reads the rows of [`run_state_sql`]: None when the run does not exist.
+pub(crate) fn run_state<R: Columns>(rows: &[R]) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut steps = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.get::<Option<String>>("s_step_id")?.is_some() {
+            steps.push(step_execution_as(row, "s_")?);
+        }
+    }
+    Ok(Some((run(first)?, steps)))
 }
 
 pub(crate) fn deployment(row: &impl Columns) -> Result<Deployment> {

@@ -190,6 +190,17 @@ macro_rules! impl_runs {
                     row.as_ref().map(rows::run).transpose()
                 }
 
+                async fn run_state(
+                    &self,
+                    id: &str,
+                ) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(rows::run_state_sql("")))
+                        .bind(id)
+                        .fetch_all(self.reader())
+                        .await?;
+                    rows::run_state(&rows)
+                }
+
                 async fn step_executions(&self, run_id: &str) -> Result<Vec<StepExecution>> {
                     let sql = format!(
                         "SELECT {} FROM step_executions WHERE run_id = $1 \
@@ -220,7 +231,7 @@ macro_rules! impl_runs {
                     if run.status.is_terminal() {
                         return Ok(Cancelled::AlreadyTerminal(run.status));
                     }
-                    Self::end_run(&mut tx, &run, terminal, now).await?;
+                    Self::end_run(&mut tx, &run, terminal, true, now).await?;
                     tx.commit().await?;
                     Ok(Cancelled::Done)
                 }

@@ -10,7 +10,7 @@ use super::SqliteStore;
 use super::writer::WriteTx;
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
-use crate::{ClaimedJob, JobKind, Millis, NewStep, Result, Signal};
+use crate::{ClaimedJob, JobKind, Millis, NewStep, Result, RunRecord, Signal, StepExecution};
 
 impl Backend for SqliteStore {
     type Db = Sqlite;
@@ -55,6 +55,18 @@ impl Backend for SqliteStore {
     /// Nothing to take: a write excludes every other.
     async fn lock(_conn: &mut SqliteConnection, _space: LockSpace, _key: &str) -> Result<()> {
         Ok(())
+    }
+
+    /// One query: a write excludes every other, so the join reads a settled run.
+    async fn load_run_state(
+        conn: &mut SqliteConnection,
+        run_id: &str,
+    ) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(rows::run_state_sql("")))
+            .bind(run_id)
+            .fetch_all(conn)
+            .await?;
+        rows::run_state(&rows)
     }
 
     async fn schedule_steps(
@@ -121,7 +133,8 @@ impl Backend for SqliteStore {
         }
     }
 
-    /// Leases the jobs, then marks the steps they execute running, in one write.
+    /// Leases the jobs, then marks the steps they execute running, in one write of two
+    /// statements.
     async fn claim_due_jobs(&self, now: Millis, limit: i64) -> Result<Vec<ClaimedJob>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
@@ -133,22 +146,26 @@ impl Backend for SqliteStore {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let job = rows::claimed_job(row)?;
-            if let (Some(step_id), JobKind::Execute) = (&job.step_id, job.kind) {
-                sqlx::query(
-                    "UPDATE step_executions SET status = 'running', started_at = $1 \
-                     WHERE run_id = $2 AND step_id = $3 AND attempt = $4 AND status = 'scheduled'",
-                )
-                .bind(now)
-                .bind(&job.run_id)
-                .bind(step_id)
-                .bind(job.attempt)
-                .execute(&mut *tx)
-                .await?;
-            }
-            jobs.push(job);
+        let jobs = rows
+            .iter()
+            .map(rows::claimed_job)
+            .collect::<Result<Vec<_>>>()?;
+        let executing: Vec<i64> = jobs
+            .iter()
+            .filter(|j| j.step_id.is_some() && j.kind == JobKind::Execute)
+            .map(|j| j.id)
+            .collect();
+        if !executing.is_empty() {
+            sqlx::query(
+                "UPDATE step_executions AS s SET status = 'running', started_at = $1 \
+                 FROM jobs j WHERE j.id IN (SELECT value FROM json_each($2)) \
+                 AND s.run_id = j.run_id AND s.step_id = j.step_id AND s.attempt = j.attempt \
+                 AND s.status = 'scheduled'",
+            )
+            .bind(now)
+            .bind(serde_json::to_string(&executing).expect("ids serialize"))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(jobs)

@@ -60,10 +60,12 @@ impl GroupWriter {
             }
         }
         if !state.open {
-            run(&mut state.conn, "BEGIN IMMEDIATE").await?;
+            if let Err(e) = run(&mut state.conn, "BEGIN IMMEDIATE; SAVEPOINT hf").await {
+                let _ = run(&mut state.conn, "ROLLBACK").await;
+                return Err(e);
+            }
             state.open = true;
-        }
-        if let Err(e) = run(&mut state.conn, "SAVEPOINT hf").await {
+        } else if let Err(e) = run(&mut state.conn, "SAVEPOINT hf").await {
             fail_batch(&mut state, &e).await;
             return Err(e);
         }
@@ -127,19 +129,6 @@ async fn fail_batch(state: &mut State, error: &StoreError) {
     }
 }
 
-/// Commits the shared transaction and tells everyone in it.
-async fn flush(state: &mut State) {
-    match run(&mut state.conn, "COMMIT").await {
-        Ok(()) => {
-            state.open = false;
-            for waiter in state.pending.drain(..) {
-                let _ = waiter.send(Ok(()));
-            }
-        }
-        Err(e) => fail_batch(state, &e).await,
-    }
-}
-
 /// One write: a savepoint in the shared transaction. Dropping it without `commit` undoes it.
 pub struct WriteTx {
     writer: Arc<GroupWriter>,
@@ -154,14 +143,25 @@ impl WriteTx {
         let writer = self.writer.clone();
         let (done, committed) = oneshot::channel();
         tokio::spawn(async move {
-            if let Err(e) = run(&mut state.conn, "RELEASE hf").await {
+            // The last writer in line commits the batch, in the same round trip.
+            let last =
+                writer.queued.load(Ordering::SeqCst) == 0 || state.pending.len() + 1 >= MAX_BATCH;
+            let sql = if last {
+                "RELEASE hf; COMMIT"
+            } else {
+                "RELEASE hf"
+            };
+            if let Err(e) = run(&mut state.conn, sql).await {
                 let _ = done.send(Err(e.to_string()));
                 fail_batch(&mut state, &e).await;
                 return;
             }
             state.pending.push(done);
-            if writer.queued.load(Ordering::SeqCst) == 0 || state.pending.len() >= MAX_BATCH {
-                flush(&mut state).await;
+            if last {
+                state.open = false;
+                for waiter in state.pending.drain(..) {
+                    let _ = waiter.send(Ok(()));
+                }
             }
         });
         committed

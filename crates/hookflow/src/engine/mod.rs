@@ -85,9 +85,9 @@ async fn execute(app: &App, job: ClaimedJob) {
 }
 
 async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
-    let run = app
+    let (run, executions) = app
         .store
-        .run_by_id(&job.run_id)
+        .run_state(&job.run_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("run {} not found", job.run_id))?;
     let def = app
@@ -101,7 +101,6 @@ async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
             let step = def
                 .step(step_id)
                 .ok_or_else(|| anyhow::anyhow!("step {step_id} not in workflow"))?;
-            let executions = app.store.step_executions(&run.id).await?;
             let (_, outputs) = step_states(&def, &executions);
             let ctx = run_context(&run, &outputs, &secrets);
             Some(steps::execute(app, &run, step, job, &ctx).await)
