@@ -77,7 +77,6 @@ impl Backend for PgStore {
         Ok(())
     }
 
-    /// One statement for all steps, then wakes the other nodes.
     /// Two statements: the second one's snapshot is taken once the run's lock is held (a
     /// join would read the executions as they were before waiting for the lock).
     async fn load_run_state(
@@ -104,6 +103,7 @@ impl Backend for PgStore {
         )))
     }
 
+    /// One statement for all steps, then wakes the other nodes.
     async fn schedule_steps(
         tx: &mut Tx,
         run_id: &str,

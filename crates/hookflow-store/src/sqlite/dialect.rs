@@ -69,37 +69,41 @@ impl Backend for SqliteStore {
         rows::run_state(&rows)
     }
 
+    /// One round trip for all steps: both inserts in one multi-statement query.
     async fn schedule_steps(
         tx: &mut WriteTx,
         run_id: &str,
         steps: &[NewStep],
         now: Millis,
     ) -> Result<()> {
-        for step in steps {
-            sqlx::query(
-                "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
-                 started_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(run_id)
-            .bind(&step.step_id)
-            .bind(step.attempt)
-            .bind(if step.timer { "running" } else { "scheduled" })
-            .bind(now)
-            .bind(step.timer.then_some(now))
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(run_id)
-            .bind(&step.step_id)
-            .bind(step.attempt)
-            .bind(step.run_at)
-            .bind(step.lease_ms)
-            .execute(&mut **tx)
-            .await?;
+        if steps.is_empty() {
+            return Ok(());
         }
+        // $1 run, $2 now, then per step: id, attempt, status, started_at, run_at, lease.
+        let rows = |f: fn(usize) -> String| {
+            (0..steps.len())
+                .map(|i| f(3 + 6 * i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
+             started_at) VALUES {}; \
+             INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) VALUES {}",
+            rows(|p| format!("($1, ${p}, ${}, ${}, $2, ${})", p + 1, p + 2, p + 3)),
+            rows(|p| format!("($1, ${p}, ${}, ${}, ${})", p + 1, p + 4, p + 5)),
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(now);
+        for step in steps {
+            query = query
+                .bind(&step.step_id)
+                .bind(step.attempt)
+                .bind(if step.timer { "running" } else { "scheduled" })
+                .bind(step.timer.then_some(now))
+                .bind(step.run_at)
+                .bind(step.lease_ms);
+        }
+        query.execute(&mut **tx).await?;
         Ok(())
     }
 
