@@ -68,7 +68,7 @@ pub enum Signal {
     Work,
     /// New events were committed.
     Outbox,
-    /// A run ended (wakes a sync invoke waiting on another node).
+    /// A run with direct delivery ended (wakes a sync invoke waiting on another node).
     RunEnded(String),
 }
 

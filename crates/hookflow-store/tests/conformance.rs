@@ -80,7 +80,7 @@ async fn sqlite_watch_is_a_no_op() {
     db.store.watch(Arc::new(|_| {})).await.unwrap();
 }
 
-/// A node watching sees other nodes' commits: new work, new events, ended runs.
+/// A node watching sees other nodes' commits: new work, new events, ended sync runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_watch_signals() {
     let db = TestDb::postgres().await;
@@ -93,7 +93,9 @@ async fn postgres_watch_signals() {
         .unwrap();
     let other = db.node().await;
     let (_, dep) = common::fixture(&db, None).await;
-    let run = common::new_run(&dep, &["a"]);
+    // A sync run: its end wakes the waiting invoke, on whichever node it waits.
+    let mut run = common::new_run(&dep, &["a"]);
+    run.delivery = hookflow_store::Delivery::Direct;
     other.create_run(&run).await.unwrap();
     expect_signals(&mut rx, &[Signal::Work]).await;
 

@@ -14,7 +14,8 @@ macro_rules! impl_lifecycle {
         const _: () = {
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
-                Applied, Millis, NewApproval, NewEvent, Planner, Result, RunRecord, Signal,
+                Applied, Delivery, Millis, NewApproval, NewEvent, Planner, Result, RunRecord,
+                Signal,
                 StepExecution, StepResult, Terminal,
             };
 
@@ -128,7 +129,11 @@ macro_rules! impl_lifecycle {
                         Self::insert_delivery(tx, run, event, Some(now), now).await?;
                         tx.signal(Signal::Outbox);
                     }
-                    tx.signal(Signal::RunEnded(run.id.clone()));
+                    if run.delivery == Delivery::Direct {
+                        // Only a sync invoke waits for a run's end (callback runs have no
+                        // waiter to wake).
+                        tx.signal(Signal::RunEnded(run.id.clone()));
+                    }
                     if promote == Some(true) {
                         Self::promote(tx, &run.deployment_id, now).await?;
                     }
