@@ -7,8 +7,12 @@ use sqlx::postgres::{PgConnection, PgPool, Postgres};
 
 use super::{Autocommit, PgStore, Tx};
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
+use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
-use crate::{ClaimedJob, Millis, NewStep, Result, RunRecord, Signal, StepExecution};
+use crate::{
+    ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal, StepExecution,
+    StepResult,
+};
 
 impl Backend for PgStore {
     type Db = Postgres;
@@ -101,6 +105,76 @@ impl Backend for PgStore {
                 .map(rows::step_execution)
                 .collect::<Result<_>>()?,
         )))
+    }
+
+    /// One statement (no transaction round trips): the run, its resolved steps, its first
+    /// steps and their jobs, and its event when it ended at once; then wakes the other nodes.
+    async fn create_unchecked(&self, run: &NewRun) -> Result<Option<RunStatus>> {
+        let terminal = run.plan.terminal.as_ref();
+        let status = terminal.map_or(run.plan.status, |t| t.status);
+        let event = terminal.and_then(|t| t.event.as_ref());
+        let (inline_ids, inline): (Vec<&str>, Vec<(&str, Option<String>)>) = run
+            .plan
+            .inline
+            .iter()
+            .map(|(id, result)| match result {
+                StepResult::Completed(output) => {
+                    (id.as_str(), ("completed", Some(output.to_string())))
+                }
+                _ => (id.as_str(), ("skipped", None)),
+            })
+            .unzip();
+        let (inline_status, inline_output): (Vec<&str>, Vec<Option<String>>) =
+            inline.into_iter().unzip();
+        let start = &run.plan.start;
+        let sql = format!(
+            "WITH run AS ({INSERT_RUN}), \
+             inline AS ( \
+               INSERT INTO step_executions (run_id, step_id, attempt, status, output, \
+                 created_at, started_at, finished_at) \
+               SELECT $1, step_id, 1, status, output, $16, $16, $16 \
+               FROM unnest($21::text[], $22::text[], $23::text[]) AS t (step_id, status, output)), \
+             new AS ( \
+               SELECT * FROM unnest($24::text[], $25::bigint[], $26::bigint[], $27::bigint[], \
+                 $28::bool[]) AS t (step_id, attempt, run_at, lease_ms, timer)), \
+             executions AS ( \
+               INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
+                 started_at) \
+               SELECT $1, step_id, attempt, CASE WHEN timer THEN 'running' ELSE 'scheduled' END, \
+                 $16, CASE WHEN timer THEN $16::bigint END FROM new), \
+             jobs AS ( \
+               INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
+               SELECT $1, step_id, attempt, run_at, lease_ms FROM new) \
+             INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
+               payload, url, status, run_at, created_at, updated_at) \
+             SELECT $29, $1, $2, $3, $30, $31, $32, 'pending', $16, $16, $16 \
+             WHERE $29::text IS NOT NULL"
+        );
+        let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        bind_new_run!(insert, run, status, false, terminal, Self::clean)
+            .bind(inline_ids)
+            .bind(inline_status)
+            .bind(inline_output)
+            .bind(start.iter().map(|s| s.step_id.as_str()).collect::<Vec<_>>())
+            .bind(start.iter().map(|s| s.attempt).collect::<Vec<_>>())
+            .bind(start.iter().map(|s| s.run_at).collect::<Vec<_>>())
+            .bind(start.iter().map(|s| s.lease_ms).collect::<Vec<_>>())
+            .bind(start.iter().map(|s| s.timer).collect::<Vec<_>>())
+            .bind(event.map(|e| &e.id))
+            .bind(event.map(|e| &e.event_type))
+            .bind(event.map(|e| &e.payload))
+            .bind(event.map(|e| &e.url))
+            .execute(&self.pool)
+            .await?;
+        let mut signals = Vec::new();
+        if !start.is_empty() {
+            signals.push(Signal::Work);
+        }
+        if event.is_some() {
+            signals.push(Signal::Outbox);
+        }
+        self.notifier.send(signals);
+        Ok(Some(status))
     }
 
     /// One statement for all steps, then wakes the other nodes.

@@ -27,7 +27,9 @@ use std::ops::DerefMut;
 
 use sqlx::{Database, Pool, QueryBuilder};
 
-use crate::{ClaimedJob, Millis, NewStep, Page, Result, RunRecord, StepExecution};
+use crate::{
+    ClaimedJob, Millis, NewRun, NewStep, Page, Result, RunRecord, RunStatus, StepExecution,
+};
 
 /// Lease of a job that starts a promoted run or times out a waiting step.
 pub(crate) const TIMER_LEASE_MS: i64 = 30_000;
@@ -102,6 +104,14 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
         conn: &mut Conn<Self>,
         run_id: &str,
     ) -> impl Future<Output = Result<Option<(RunRecord, Vec<StepExecution>)>>> + Send;
+
+    /// Creates a run that needs no check first (no idempotency key, no concurrency limit) in
+    /// the backend's cheapest way, returning its status; None when the backend has no such
+    /// way (the caller then writes it in a transaction).
+    fn create_unchecked(
+        &self,
+        run: &NewRun,
+    ) -> impl Future<Output = Result<Option<RunStatus>>> + Send;
 
     /// Inserts step executions and their jobs.
     fn schedule_steps(

@@ -1,11 +1,53 @@
 //! Creating, reading, cancelling and listing runs ([`crate::Runs`]).
 
+/// Inserts a run: `$1`-`$20` bound by [`bind_new_run!`].
+pub(crate) const INSERT_RUN: &str = "INSERT INTO runs (id, workspace_id, deployment_id, \
+    deployment_name, variant, workflow, version, status, source, delivery, callback_url, inputs, \
+    run_user, metadata, settings, created_at, started_at, output, error, finished_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+    $19, $20)";
+
+/// Binds [`INSERT_RUN`]'s parameters for `$run` (a `NewRun`) starting in `$status`, unless
+/// `$queued`, and ended at once when `$terminal` (an `Option<&Terminal>`) is set; `$clean` is
+/// the backend's `clean`.
+macro_rules! bind_new_run {
+    ($query:expr, $run:expr, $status:expr, $queued:expr, $terminal:expr, $clean:path) => {
+        $query
+            .bind(&$run.id)
+            .bind(&$run.workspace_id)
+            .bind(&$run.deployment_id)
+            .bind(&$run.deployment_name)
+            .bind(&$run.variant)
+            .bind(&$run.workflow)
+            .bind($run.version)
+            .bind($status.as_str())
+            .bind($run.source.as_str())
+            .bind($run.delivery.as_str())
+            .bind(&$run.callback_url)
+            .bind($run.inputs.to_string())
+            .bind(&$run.user)
+            .bind($run.metadata.to_string())
+            .bind($run.settings.to_string())
+            .bind($run.created_at)
+            .bind((!$queued).then_some($run.created_at))
+            .bind(
+                $terminal
+                    .and_then(|t| t.output.as_ref())
+                    .map(|v| v.to_string()),
+            )
+            .bind($clean($terminal.and_then(|t| t.error.as_deref())))
+            .bind($terminal.map(|_| $run.created_at))
+    };
+}
+pub(crate) use bind_new_run;
+
 /// Implements [`crate::Runs`] for `$store`.
 macro_rules! impl_runs {
     ($store:ident) => {
         const _: () = {
             use sqlx::QueryBuilder;
 
+            use $crate::shared::runs::{INSERT_RUN, bind_new_run};
             use $crate::shared::{
                 Backend as _, Conn, IDEMPOTENCY_WINDOW_MS, LockSpace, cursor, rows,
             };
@@ -85,6 +127,12 @@ macro_rules! impl_runs {
             #[async_trait::async_trait]
             impl Runs for $store {
                 async fn create_run(&self, run: &NewRun) -> Result<CreatedRun> {
+                    if run.idempotency.is_none()
+                        && run.concurrency_limit.is_none()
+                        && let Some(status) = self.create_unchecked(run).await?
+                    {
+                        return Ok(CreatedRun::Created(status));
+                    }
                     let mut tx = self.begin().await?;
                     if let Some(claim) = &run.idempotency
                         && let Some(earlier) = Self::claim_key(&mut tx, run, claim).await?
@@ -109,35 +157,10 @@ macro_rules! impl_runs {
                         (false, Some(terminal)) => terminal.status,
                         (false, None) => run.plan.status,
                     };
-                    sqlx::query(
-                        "INSERT INTO runs (id, workspace_id, deployment_id, deployment_name, \
-                         variant, workflow, version, status, source, delivery, callback_url, \
-                         inputs, run_user, metadata, settings, created_at, started_at, output, \
-                         error, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-                    )
-                    .bind(&run.id)
-                    .bind(&run.workspace_id)
-                    .bind(&run.deployment_id)
-                    .bind(&run.deployment_name)
-                    .bind(&run.variant)
-                    .bind(&run.workflow)
-                    .bind(run.version)
-                    .bind(status.as_str())
-                    .bind(run.source.as_str())
-                    .bind(run.delivery.as_str())
-                    .bind(&run.callback_url)
-                    .bind(run.inputs.to_string())
-                    .bind(&run.user)
-                    .bind(run.metadata.to_string())
-                    .bind(run.settings.to_string())
-                    .bind(run.created_at)
-                    .bind((!queued).then_some(run.created_at))
-                    .bind(terminal.and_then(|t| t.output.as_ref()).map(|v| v.to_string()))
-                    .bind(Self::clean(terminal.and_then(|t| t.error.as_deref())))
-                    .bind(terminal.map(|_| run.created_at))
-                    .execute(&mut *tx)
-                    .await?;
+                    let insert = sqlx::query(INSERT_RUN);
+                    bind_new_run!(insert, run, status, queued, terminal, Self::clean)
+                        .execute(&mut *tx)
+                        .await?;
                     if queued {
                         if let Some(claim) = &run.idempotency {
                             let mut response = claim.response.clone();

@@ -10,7 +10,10 @@ use super::SqliteStore;
 use super::writer::WriteTx;
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
-use crate::{ClaimedJob, JobKind, Millis, NewStep, Result, RunRecord, Signal, StepExecution};
+use crate::{
+    ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
+    StepExecution,
+};
 
 impl Backend for SqliteStore {
     type Db = Sqlite;
@@ -67,6 +70,11 @@ impl Backend for SqliteStore {
             .fetch_all(conn)
             .await?;
         rows::run_state(&rows)
+    }
+
+    /// None: every write is already one group-committed transaction.
+    async fn create_unchecked(&self, _run: &NewRun) -> Result<Option<RunStatus>> {
+        Ok(None)
     }
 
     /// One round trip for all steps: both inserts in one multi-statement query.
