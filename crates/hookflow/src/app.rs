@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
 use crate::config::Settings;
+use crate::lookups::Lookups;
 use crate::net::NetworkPolicy;
 use crate::tokens::Tokens;
 
@@ -32,6 +33,8 @@ pub struct App {
     pub policy: Arc<NetworkPolicy>,
     pub http: reqwest::Client,
     pub definitions: DefinitionCache,
+    /// API keys and deployments looked up recently.
+    pub lookups: Lookups,
     pub tokens: Tokens,
     /// Renders `/metrics` (None when no recorder is installed).
     pub metrics: Option<PrometheusHandle>,
@@ -61,6 +64,7 @@ impl App {
             public_url,
             templates: Templates::new(),
             definitions: DefinitionCache::default(),
+            lookups: Lookups::default(),
             tokens,
             metrics,
             waiters: Waiters::default(),

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod engine;
 pub mod events;
 pub mod ids;
+pub mod lookups;
 pub mod metrics;
 pub mod net;
 pub mod server;

@@ -202,14 +202,16 @@ async fn variants_pin_versions_and_carry_settings_until_patched() {
     let (_, got) = api.get(&format!("/v1/deployments/{id}")).await;
     assert_eq!(got["concurrency_limit"], 3, "{got}");
 
-    // By id as well as by name.
-    let body = api.invoke_sync(&id, json!({})).await;
-    assert_eq!(
-        body["output"]["result"],
-        json!({ "tag": "v2", "model": "large" }),
-        "{body}"
-    );
-    assert_eq!(api.run(&str_of(&body["request_id"])).await["version"], 2);
+    // At once (the invoke by name above is not reused), by name and by id.
+    for deployment in ["pinned", id.as_str()] {
+        let body = api.invoke_sync(deployment, json!({})).await;
+        assert_eq!(
+            body["output"]["result"],
+            json!({ "tag": "v2", "model": "large" }),
+            "{deployment}: {body}"
+        );
+        assert_eq!(api.run(&str_of(&body["request_id"])).await["version"], 2);
+    }
 }
 
 #[tokio::test]

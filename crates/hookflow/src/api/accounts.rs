@@ -84,6 +84,7 @@ pub async fn revoke_key(
         .revoke_api_key(&auth.workspace_id, &id, now_ms())
         .await?
     {
+        app.lookups.clear();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("API key not found"))

@@ -207,6 +207,17 @@ pub async fn find(app: &App, workspace_id: &str, id_or_name: &str) -> ApiResult<
         .ok_or_else(|| ApiError::not_found("Deployment not found"))
 }
 
+/// Like [`find`], through the node's short-lived copies (invokes; see [`crate::lookups`]).
+pub async fn find_cached(app: &App, workspace_id: &str, id_or_name: &str) -> ApiResult<Deployment> {
+    let key = (workspace_id.to_string(), id_or_name.to_string());
+    if let Some(deployment) = app.lookups.deployments.get(&key) {
+        return Ok(deployment);
+    }
+    let deployment = find(app, workspace_id, id_or_name).await?;
+    app.lookups.deployments.insert(key, deployment.clone());
+    Ok(deployment)
+}
+
 /// `GET /v1/deployments`.
 pub async fn list(
     State(app): State<Arc<App>>,
@@ -263,6 +274,7 @@ pub async fn update(
     }
     deployment.updated_at = now_ms();
     app.store.update_deployment(&deployment).await?;
+    app.lookups.clear();
     // A raised (or removed) limit frees slots for queued runs.
     app.store
         .promote_queued(&deployment.id, deployment.updated_at)
@@ -298,6 +310,7 @@ pub async fn rotate_secret(
     deployment.previous_secret_expires_at = Some(now + grace.as_millis() as i64);
     deployment.updated_at = now;
     app.store.update_deployment(&deployment).await?;
+    app.lookups.clear();
     Ok(Json(json!({
         "secret": deployment.secret,
         "previous_secret_expires_at": opt_rfc3339(deployment.previous_secret_expires_at),

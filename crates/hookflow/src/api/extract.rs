@@ -32,11 +32,16 @@ impl FromRequestParts<Arc<App>> for Auth {
             .map(str::trim)
             .filter(|k| k.starts_with("hf_"))
             .ok_or_else(ApiError::unauthorized)?;
+        let hash = hash_key(key);
+        if let Some(workspace_id) = app.lookups.keys.get(&hash) {
+            return Ok(Self { workspace_id });
+        }
         let workspace_id = app
             .store
-            .workspace_for_key(&hash_key(key))
+            .workspace_for_key(&hash)
             .await?
             .ok_or_else(ApiError::unauthorized)?;
+        app.lookups.keys.insert(hash, workspace_id.clone());
         Ok(Self { workspace_id })
     }
 }

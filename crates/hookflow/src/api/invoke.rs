@@ -13,7 +13,7 @@ use hookflow_store::{
 };
 use serde_json::{Map, Value, json};
 
-use super::deployments::find;
+use super::deployments::find_cached;
 use super::extract::{Auth, JsonBody};
 use super::{ApiError, ApiResult};
 use crate::app::{App, now_ms};
@@ -161,7 +161,7 @@ pub async fn invoke(
         callback_url: async_config(object.get("async"))?,
     };
     let idempotency = idempotency_claim(&headers, &body.raw)?;
-    let deployment = find(&app, &auth.workspace_id, deployment_name).await?;
+    let deployment = find_cached(&app, &auth.workspace_id, deployment_name).await?;
     start_run(
         &app,
         &deployment,
