@@ -7,12 +7,14 @@ use sqlx::QueryBuilder;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::SqliteStore;
+use super::script::Script;
 use super::writer::WriteTx;
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
+use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
-    StepExecution,
+    StepExecution, StepResult,
 };
 
 impl Backend for SqliteStore {
@@ -72,9 +74,59 @@ impl Backend for SqliteStore {
         rows::run_state(&rows)
     }
 
-    /// None: every write is already one group-committed transaction.
-    async fn create_unchecked(&self, _run: &NewRun) -> Result<Option<RunStatus>> {
-        Ok(None)
+    /// One write of two round trips (its savepoint, then one multi-statement query): the
+    /// run, its resolved steps, its first steps and their jobs, and its event when it ended
+    /// at once.
+    async fn create_unchecked(&self, run: &NewRun) -> Result<Option<RunStatus>> {
+        let terminal = run.plan.terminal.as_ref();
+        let status = terminal.map_or(run.plan.status, |t| t.status);
+        let mut script = bind_new_run!(
+            Script::new(INSERT_RUN),
+            run,
+            status,
+            false,
+            terminal,
+            Self::clean
+        );
+        // INSERT_RUN's $1 is the run's id, $16 its creation time.
+        let (id, now) = ("$1".to_string(), "$16".to_string());
+        if !run.plan.inline.is_empty() {
+            let mut values = Vec::with_capacity(run.plan.inline.len());
+            for (step_id, result) in &run.plan.inline {
+                let (status, output) = match result {
+                    StepResult::Completed(output) => ("completed", Some(output.to_string())),
+                    _ => ("skipped", None),
+                };
+                values.push(format!(
+                    "({id}, {}, 1, {}, {}, {now}, {now}, {now})",
+                    script.param(step_id),
+                    script.param(status),
+                    script.param(output),
+                ));
+            }
+            script.statement(&format!(
+                "INSERT INTO step_executions (run_id, step_id, attempt, status, output, \
+                 created_at, started_at, finished_at) VALUES {}",
+                values.join(", ")
+            ));
+        }
+        push_steps(&mut script, &id, &now, &run.plan.start, run.created_at);
+        if let Some(event) = terminal.and_then(|t| t.event.as_ref()) {
+            let insert = format!(
+                "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
+                 payload, url, status, run_at, created_at, updated_at) \
+                 VALUES ({}, {id}, $2, $3, {}, {}, {}, 'pending', {now}, {now}, {now})",
+                script.param(&event.id),
+                script.param(&event.event_type),
+                script.param(&event.payload),
+                script.param(&event.url),
+            );
+            script.statement(&insert);
+        }
+        let mut tx = self.begin().await?;
+        script.query()?.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(status))
     }
 
     /// One round trip for all steps: both inserts in one multi-statement query.
@@ -87,31 +139,10 @@ impl Backend for SqliteStore {
         if steps.is_empty() {
             return Ok(());
         }
-        // $1 run, $2 now, then per step: id, attempt, status, started_at, run_at, lease.
-        let rows = |f: fn(usize) -> String| {
-            (0..steps.len())
-                .map(|i| f(3 + 6 * i))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let sql = format!(
-            "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
-             started_at) VALUES {}; \
-             INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) VALUES {}",
-            rows(|p| format!("($1, ${p}, ${}, ${}, $2, ${})", p + 1, p + 2, p + 3)),
-            rows(|p| format!("($1, ${p}, ${}, ${}, ${})", p + 1, p + 4, p + 5)),
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(now);
-        for step in steps {
-            query = query
-                .bind(&step.step_id)
-                .bind(step.attempt)
-                .bind(if step.timer { "running" } else { "scheduled" })
-                .bind(step.timer.then_some(now))
-                .bind(step.run_at)
-                .bind(step.lease_ms);
-        }
-        query.execute(&mut **tx).await?;
+        let mut script = Script::new("");
+        let (id, at) = (script.param(run_id), script.param(now));
+        push_steps(&mut script, &id, &at, steps, now);
+        script.query()?.execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -194,6 +225,38 @@ impl Backend for SqliteStore {
             .push(") AS TEXT) END) = ")
             .push_bind(value);
     }
+}
+
+/// Appends the statements inserting `steps` (executions and jobs) of the run whose id is the
+/// placeholder `run`, created at the placeholder `at` (worth `now`).
+fn push_steps(script: &mut Script, run: &str, at: &str, steps: &[NewStep], now: Millis) {
+    if steps.is_empty() {
+        return;
+    }
+    let mut executions = Vec::with_capacity(steps.len());
+    let mut jobs = Vec::with_capacity(steps.len());
+    for step in steps {
+        let (id, attempt) = (script.param(&step.step_id), script.param(step.attempt));
+        executions.push(format!(
+            "({run}, {id}, {attempt}, {}, {at}, {})",
+            script.param(if step.timer { "running" } else { "scheduled" }),
+            script.param(step.timer.then_some(now)),
+        ));
+        jobs.push(format!(
+            "({run}, {id}, {attempt}, {}, {})",
+            script.param(step.run_at),
+            script.param(step.lease_ms),
+        ));
+    }
+    script.statement(&format!(
+        "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
+         started_at) VALUES {}",
+        executions.join(", ")
+    ));
+    script.statement(&format!(
+        "INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) VALUES {}",
+        jobs.join(", ")
+    ));
 }
 
 impl WriteTx {

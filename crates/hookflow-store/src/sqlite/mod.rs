@@ -5,6 +5,7 @@
 //! SQLite does its own way, and `writer` the group commit every write goes through.
 
 mod dialect;
+mod script;
 mod writer;
 
 use std::str::FromStr;
