@@ -15,8 +15,7 @@ macro_rules! impl_lifecycle {
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
                 Applied, Delivery, Millis, NewApproval, NewEvent, Planner, Result, RunRecord,
-                Signal,
-                StepExecution, StepResult, Terminal,
+                Signal, StepExecution, StepResult, Terminal,
             };
 
             impl $store {

@@ -164,7 +164,11 @@ impl Client {
             let Some(cursor) = answer["next_cursor"].as_str().map(str::to_string) else {
                 break;
             };
-            let mut next = query.clone();
+            let mut next: Vec<(&str, String)> = query
+                .iter()
+                .filter(|(k, _)| *k != "cursor")
+                .cloned()
+                .collect();
             next.push(("cursor", cursor));
             answer = self.get(segments, &next).await?;
         }
