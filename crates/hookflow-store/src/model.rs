@@ -363,6 +363,17 @@ pub enum StepResult {
     },
 }
 
+impl StepResult {
+    /// How a step the planner resolved itself (`Completed` or `Skipped`) is stored: its status
+    /// and output text.
+    pub fn inline_row(&self) -> (&'static str, Option<String>) {
+        match self {
+            Self::Completed(output) => ("completed", Some(output.to_string())),
+            _ => ("skipped", None),
+        }
+    }
+}
+
 /// The question a human step opens.
 #[derive(Debug, Clone)]
 pub struct NewApproval {

@@ -11,7 +11,6 @@ use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal, StepExecution,
-    StepResult,
 };
 
 impl Backend for PgStore {
@@ -117,12 +116,7 @@ impl Backend for PgStore {
             .plan
             .inline
             .iter()
-            .map(|(id, result)| match result {
-                StepResult::Completed(output) => {
-                    (id.as_str(), ("completed", Some(output.to_string())))
-                }
-                _ => (id.as_str(), ("skipped", None)),
-            })
+            .map(|(id, result)| (id.as_str(), result.inline_row()))
             .unzip();
         let (inline_status, inline_output): (Vec<&str>, Vec<Option<String>>) =
             inline.into_iter().unzip();

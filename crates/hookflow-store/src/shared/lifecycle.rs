@@ -183,10 +183,7 @@ macro_rules! impl_lifecycle {
                     result: &StepResult,
                     now: Millis,
                 ) -> Result<()> {
-                    let (status, output) = match result {
-                        StepResult::Completed(output) => ("completed", Some(output.to_string())),
-                        _ => ("skipped", None),
-                    };
+                    let (status, output) = result.inline_row();
                     sqlx::query(
                         "INSERT INTO step_executions (run_id, step_id, attempt, status, output, \
                          created_at, started_at, finished_at) VALUES ($1, $2, 1, $3, $4, $5, $5, $5)",

@@ -14,7 +14,7 @@ use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
-    StepExecution, StepResult,
+    StepExecution,
 };
 
 impl Backend for SqliteStore {
@@ -93,10 +93,7 @@ impl Backend for SqliteStore {
         if !run.plan.inline.is_empty() {
             let mut values = Vec::with_capacity(run.plan.inline.len());
             for (step_id, result) in &run.plan.inline {
-                let (status, output) = match result {
-                    StepResult::Completed(output) => ("completed", Some(output.to_string())),
-                    _ => ("skipped", None),
-                };
+                let (status, output) = result.inline_row();
                 values.push(format!(
                     "({id}, {}, 1, {}, {}, {now}, {now}, {now})",
                     script.param(step_id),

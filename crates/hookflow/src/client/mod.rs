@@ -164,11 +164,7 @@ impl Client {
             let Some(cursor) = answer["next_cursor"].as_str().map(str::to_string) else {
                 break;
             };
-            let mut next: Vec<(&str, String)> = query
-                .iter()
-                .filter(|(k, _)| *k != "cursor")
-                .cloned()
-                .collect();
+            let mut next = query.clone();
             next.push(("cursor", cursor));
             answer = self.get(segments, &next).await?;
         }
