@@ -3,7 +3,8 @@
 //! JSON operators, text that cannot hold U+0000).
 
 use sqlx::QueryBuilder;
-use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, Postgres};
+use sqlx::query::Query;
 
 use super::{Autocommit, PgStore, Tx};
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
@@ -128,32 +129,19 @@ impl Backend for PgStore {
                  created_at, started_at, finished_at) \
                SELECT $1, step_id, 1, status, output, $16, $16, $16 \
                FROM unnest($21::text[], $22::text[], $23::text[]) AS t (step_id, status, output)), \
-             new AS ( \
-               SELECT * FROM unnest($24::text[], $25::bigint[], $26::bigint[], $27::bigint[], \
-                 $28::bool[]) AS t (step_id, attempt, run_at, lease_ms, timer)), \
-             executions AS ( \
-               INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
-                 started_at) \
-               SELECT $1, step_id, attempt, CASE WHEN timer THEN 'running' ELSE 'scheduled' END, \
-                 $16, CASE WHEN timer THEN $16::bigint END FROM new), \
-             jobs AS ( \
-               INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
-               SELECT $1, step_id, attempt, run_at, lease_ms FROM new) \
+             {steps} \
              INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
                payload, url, status, run_at, created_at, updated_at) \
              SELECT $29, $1, $2, $3, $30, $31, $32, 'pending', $16, $16, $16 \
-             WHERE $29::text IS NOT NULL"
+             WHERE $29::text IS NOT NULL",
+            steps = steps_ctes("$1", "$16", 24),
         );
         let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        bind_new_run!(insert, run, status, false, terminal, Self::clean)
+        let insert = bind_new_run!(insert, run, status, false, terminal, Self::clean)
             .bind(inline_ids)
             .bind(inline_status)
-            .bind(inline_output)
-            .bind(start.iter().map(|s| s.step_id.as_str()).collect::<Vec<_>>())
-            .bind(start.iter().map(|s| s.attempt).collect::<Vec<_>>())
-            .bind(start.iter().map(|s| s.run_at).collect::<Vec<_>>())
-            .bind(start.iter().map(|s| s.lease_ms).collect::<Vec<_>>())
-            .bind(start.iter().map(|s| s.timer).collect::<Vec<_>>())
+            .bind(inline_output);
+        bind_steps(insert, start)
             .bind(event.map(|e| &e.id))
             .bind(event.map(|e| &e.event_type))
             .bind(event.map(|e| &e.payload))
@@ -181,27 +169,9 @@ impl Backend for PgStore {
         if steps.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "WITH new AS ( \
-               SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                 $6::bool[]) AS t (step_id, attempt, run_at, lease_ms, timer)), \
-             executions AS ( \
-               INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
-                 started_at) \
-               SELECT $1, step_id, attempt, CASE WHEN timer THEN 'running' ELSE 'scheduled' END, \
-                 $7, CASE WHEN timer THEN $7::bigint END FROM new) \
-             INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
-             SELECT $1, step_id, attempt, run_at, lease_ms FROM new",
-        )
-        .bind(run_id)
-        .bind(steps.iter().map(|s| s.step_id.as_str()).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.attempt).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.run_at).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.lease_ms).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.timer).collect::<Vec<_>>())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+        let sql = format!("WITH {} SELECT 1", steps_ctes("$1", "$2", 3));
+        let insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(now);
+        bind_steps(insert, steps).execute(&mut **tx).await?;
         tx.signal(Signal::Work);
         Ok(())
     }
@@ -272,4 +242,41 @@ impl Backend for PgStore {
             .push(" END) = ")
             .push_bind(value);
     }
+}
+
+/// The CTEs inserting new steps (executions and jobs) of the run `run` created at `at` (both
+/// placeholders), from five arrays bound by [`bind_steps`] as `$first`…`$first+4`.
+fn steps_ctes(run: &str, at: &str, first: usize) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    format!(
+        "new AS ( \
+           SELECT * FROM unnest({}::text[], {}::bigint[], {}::bigint[], {}::bigint[], \
+             {}::bool[]) AS t (step_id, attempt, run_at, lease_ms, timer)), \
+         executions AS ( \
+           INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
+             started_at) \
+           SELECT {run}, step_id, attempt, CASE WHEN timer THEN 'running' ELSE 'scheduled' END, \
+             {at}, CASE WHEN timer THEN {at}::bigint END FROM new), \
+         jobs AS ( \
+           INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
+           SELECT {run}, step_id, attempt, run_at, lease_ms FROM new)",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4)
+    )
+}
+
+/// Binds the five arrays of [`steps_ctes`].
+fn bind_steps<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    steps: &[NewStep],
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(steps.iter().map(|s| s.step_id.clone()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.attempt).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.run_at).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.lease_ms).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.timer).collect::<Vec<_>>())
 }

@@ -245,38 +245,6 @@ mod tests {
         (dir, writer)
     }
 
-    async fn count(writer: &Arc<GroupWriter>) -> i64 {
-        let mut tx = writer.begin().await.unwrap();
-        let n = sqlx::query_scalar("SELECT COUNT(*) FROM t")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        n
-    }
-
-    #[tokio::test]
-    async fn concurrent_writes_all_commit() {
-        let (_dir, writer) = writer().await;
-        let tasks: Vec<_> = (0..300)
-            .map(|n| {
-                let writer = writer.clone();
-                tokio::spawn(async move {
-                    let mut tx = writer.begin().await?;
-                    sqlx::query("INSERT INTO t (n) VALUES ($1)")
-                        .bind(n)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap().unwrap();
-        }
-        assert_eq!(count(&writer).await, 300);
-    }
-
     #[tokio::test]
     async fn concurrent_kept_and_dropped_writes_each_do_what_they_said() {
         let (_dir, writer) = writer().await;
