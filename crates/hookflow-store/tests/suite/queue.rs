@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use hookflow_store::{Applied, ClaimedJob, JobKind, NewStep, RunStatus, StepResult, StepStatus};
+use hookflow_store::{
+    Applied, ClaimedJob, Deployment, JobKind, NewRun, NewStep, RunStatus, StepResult, StepStatus,
+};
 use serde_json::json;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -299,6 +301,24 @@ async fn finish_together(
     tasks.join_all().await
 }
 
+/// Starts a run whose steps `a` and `b` are due at `now`, claims both and finishes them at
+/// once on two nodes.
+async fn race_a_and_b(
+    db: &TestDb,
+    dep: &Deployment,
+    planner: &Arc<DagPlanner>,
+    now: i64,
+) -> (NewRun, Vec<Applied>) {
+    let mut run = new_run(dep, &["a", "b"]);
+    for step in &mut run.plan.start {
+        step.run_at = now;
+    }
+    db.store.create_run(&run).await.unwrap();
+    let jobs = claim_run(db, &run.id, now, 2).await;
+    let results = finish_together(db, jobs, planner.clone(), now + 1).await;
+    (run, results)
+}
+
 /// Two steps of one run finishing at once on two nodes: the run ends exactly once, with one
 /// event (neither finisher may plan without seeing the other's outcome).
 pub async fn racing_finishes_end_run_once(db: &TestDb) {
@@ -306,13 +326,7 @@ pub async fn racing_finishes_end_run_once(db: &TestDb) {
     let planner = Arc::new(DagPlanner::parallel(&["a", "b"]));
     for round in 0..10 {
         let now = T0 + round * 10 * LEASE;
-        let mut run = new_run(&dep, &["a", "b"]);
-        for step in &mut run.plan.start {
-            step.run_at = now;
-        }
-        db.store.create_run(&run).await.unwrap();
-        let jobs = claim_run(db, &run.id, now, 2).await;
-        let results = finish_together(db, jobs, planner.clone(), now + 1).await;
+        let (run, results) = race_a_and_b(db, &dep, &planner, now).await;
         let ended = results
             .iter()
             .filter(|r| {
@@ -351,13 +365,7 @@ pub async fn racing_finishes_join_once(db: &TestDb) {
     });
     for round in 0..10 {
         let now = T0 + round * 10 * LEASE;
-        let mut run = new_run(&dep, &["a", "b"]);
-        for step in &mut run.plan.start {
-            step.run_at = now;
-        }
-        db.store.create_run(&run).await.unwrap();
-        let jobs = claim_run(db, &run.id, now, 2).await;
-        let results = finish_together(db, jobs, planner.clone(), now + 1).await;
+        let (run, results) = race_a_and_b(db, &dep, &planner, now).await;
         assert!(
             results.iter().all(|r| *r
                 == Applied::Done {
