@@ -8,7 +8,6 @@ use sqlx::query::Query;
 
 use super::{Autocommit, PgStore, Tx};
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
-use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal, StepExecution,
@@ -107,56 +106,11 @@ impl Backend for PgStore {
         )))
     }
 
-    /// One statement (no transaction round trips): the run, its resolved steps, its first
-    /// steps and their jobs, and its event when it ended at once; then wakes the other nodes.
-    async fn create_unchecked(&self, run: &NewRun) -> Result<Option<RunStatus>> {
-        let terminal = run.plan.terminal.as_ref();
-        let status = terminal.map_or(run.plan.status, |t| t.status);
-        let event = terminal.and_then(|t| t.event.as_ref());
-        let (inline_ids, inline): (Vec<&str>, Vec<(&str, Option<String>)>) = run
-            .plan
-            .inline
-            .iter()
-            .map(|(id, result)| (id.as_str(), result.inline_row()))
-            .unzip();
-        let (inline_status, inline_output): (Vec<&str>, Vec<Option<String>>) =
-            inline.into_iter().unzip();
-        let start = &run.plan.start;
-        let sql = format!(
-            "WITH run AS ({INSERT_RUN}), \
-             inline AS ( \
-               INSERT INTO step_executions (run_id, step_id, attempt, status, output, \
-                 created_at, started_at, finished_at) \
-               SELECT $1, step_id, 1, status, output, $16, $16, $16 \
-               FROM unnest($21::text[], $22::text[], $23::text[]) AS t (step_id, status, output)), \
-             {steps} \
-             INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
-               payload, url, status, run_at, created_at, updated_at) \
-             SELECT $29, $1, $2, $3, $30, $31, $32, 'pending', $16, $16, $16 \
-             WHERE $29::text IS NOT NULL",
-            steps = steps_ctes("$1", "$16", 24),
-        );
-        let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-        let insert = bind_new_run!(insert, run, status, false, terminal, Self::clean)
-            .bind(inline_ids)
-            .bind(inline_status)
-            .bind(inline_output);
-        bind_steps(insert, start)
-            .bind(event.map(|e| &e.id))
-            .bind(event.map(|e| &e.event_type))
-            .bind(event.map(|e| &e.payload))
-            .bind(event.map(|e| &e.url))
-            .execute(&self.pool)
-            .await?;
-        let mut signals = Vec::new();
-        if !start.is_empty() {
-            signals.push(Signal::Work);
-        }
-        if event.is_some() {
-            signals.push(Signal::Outbox);
-        }
-        self.notifier.send(signals);
-        Ok(Some(status))
+    /// Joins the node's next batch of new runs (see [`super::batch`]): one statement and
+    /// one commit for the run, its resolved steps, its first steps and their jobs, and its
+    /// event when it ended at once, shared with whatever runs were created alongside.
+    async fn create_unchecked(&self, run: &NewRun) -> Result<RunStatus> {
+        self.batcher.create(run, Self::clean).await
     }
 
     /// One statement for all steps, then wakes the other nodes.
@@ -169,9 +123,11 @@ impl Backend for PgStore {
         if steps.is_empty() {
             return Ok(());
         }
-        let sql = format!("WITH {} SELECT 1", steps_ctes("$1", "$2", 3));
-        let insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(now);
-        bind_steps(insert, steps).execute(&mut **tx).await?;
+        let sql = format!("WITH {} SELECT 1", steps_ctes(1));
+        let insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        bind_steps(insert, steps.iter().map(|s| (run_id, now, s)))
+            .execute(&mut **tx)
+            .await?;
         tx.signal(Signal::Work);
         Ok(())
     }
@@ -244,39 +200,50 @@ impl Backend for PgStore {
     }
 }
 
-/// The CTEs inserting new steps (executions and jobs) of the run `run` created at `at` (both
-/// placeholders), from five arrays bound by [`bind_steps`] as `$first`…`$first+4`.
-fn steps_ctes(run: &str, at: &str, first: usize) -> String {
+/// The CTEs inserting new steps (executions and jobs), from seven arrays bound by
+/// [`bind_steps`] as `$first`…`$first+6`.
+pub(super) fn steps_ctes(first: usize) -> String {
     let p = |i: usize| format!("${}", first + i);
     format!(
         "new AS ( \
-           SELECT * FROM unnest({}::text[], {}::bigint[], {}::bigint[], {}::bigint[], \
-             {}::bool[]) AS t (step_id, attempt, run_at, lease_ms, timer)), \
+           SELECT * FROM unnest({}::text[], {}::bigint[], {}::text[], {}::bigint[], \
+             {}::bigint[], {}::bigint[], {}::bool[]) \
+           AS t (run_id, at, step_id, attempt, run_at, lease_ms, timer)), \
          executions AS ( \
            INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
              started_at) \
-           SELECT {run}, step_id, attempt, CASE WHEN timer THEN 'running' ELSE 'scheduled' END, \
-             {at}, CASE WHEN timer THEN {at}::bigint END FROM new), \
+           SELECT run_id, step_id, attempt, CASE WHEN timer THEN 'running' ELSE 'scheduled' END, \
+             at, CASE WHEN timer THEN at END FROM new), \
          jobs AS ( \
            INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
-           SELECT {run}, step_id, attempt, run_at, lease_ms FROM new)",
+           SELECT run_id, step_id, attempt, run_at, lease_ms FROM new)",
         p(0),
         p(1),
         p(2),
         p(3),
-        p(4)
+        p(4),
+        p(5),
+        p(6)
     )
 }
 
-/// Binds the five arrays of [`steps_ctes`].
-fn bind_steps<'q>(
+/// Binds the seven arrays of [`steps_ctes`]: each step with its run and the time it was
+/// scheduled at.
+pub(super) fn bind_steps<'q, 's>(
     query: Query<'q, Postgres, PgArguments>,
-    steps: &[NewStep],
+    steps: impl Iterator<Item = (&'q str, Millis, &'s NewStep)> + Clone,
 ) -> Query<'q, Postgres, PgArguments> {
     query
-        .bind(steps.iter().map(|s| s.step_id.clone()).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.attempt).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.run_at).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.lease_ms).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.timer).collect::<Vec<_>>())
+        .bind(steps.clone().map(|s| s.0).collect::<Vec<_>>())
+        .bind(steps.clone().map(|s| s.1).collect::<Vec<_>>())
+        .bind(
+            steps
+                .clone()
+                .map(|s| s.2.step_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(steps.clone().map(|s| s.2.attempt).collect::<Vec<_>>())
+        .bind(steps.clone().map(|s| s.2.run_at).collect::<Vec<_>>())
+        .bind(steps.clone().map(|s| s.2.lease_ms).collect::<Vec<_>>())
+        .bind(steps.map(|s| s.2.timer).collect::<Vec<_>>())
 }

@@ -11,6 +11,7 @@
 //! The store traits come from the shared layer (`crate::shared`); `dialect` holds what
 //! PostgreSQL does its own way.
 
+mod batch;
 mod dialect;
 mod listen;
 
@@ -22,6 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use crate::{Result, Signal, StoreError};
+use batch::RunBatcher;
 use listen::Notifier;
 
 /// Connections per node.
@@ -32,6 +34,7 @@ const POOL_SIZE: u32 = 16;
 pub struct PgStore {
     pool: PgPool,
     notifier: Notifier,
+    batcher: RunBatcher,
 }
 
 impl PgStore {
@@ -57,7 +60,12 @@ impl PgStore {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let notifier = Notifier::start(pool.clone());
-        Ok(Self { pool, notifier })
+        let batcher = RunBatcher::start(pool.clone(), notifier.clone());
+        Ok(Self {
+            pool,
+            notifier,
+            batcher,
+        })
     }
 
     /// Closes the pool; a running [`crate::Signals::watch`] task stops with it.

@@ -106,12 +106,8 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(RunRecord, Vec<StepExecution>)>>> + Send;
 
     /// Creates a run that needs no check first (no idempotency key, no concurrency limit) in
-    /// the backend's cheapest way, returning its status; None when the backend has no such
-    /// way (the caller then writes it in a transaction).
-    fn create_unchecked(
-        &self,
-        run: &NewRun,
-    ) -> impl Future<Output = Result<Option<RunStatus>>> + Send;
+    /// the backend's cheapest way, returning its status.
+    fn create_unchecked(&self, run: &NewRun) -> impl Future<Output = Result<RunStatus>> + Send;
 
     /// Inserts step executions and their jobs.
     fn schedule_steps(

@@ -127,11 +127,8 @@ macro_rules! impl_runs {
             #[async_trait::async_trait]
             impl Runs for $store {
                 async fn create_run(&self, run: &NewRun) -> Result<CreatedRun> {
-                    if run.idempotency.is_none()
-                        && run.concurrency_limit.is_none()
-                        && let Some(status) = self.create_unchecked(run).await?
-                    {
-                        return Ok(CreatedRun::Created(status));
+                    if run.idempotency.is_none() && run.concurrency_limit.is_none() {
+                        return Ok(CreatedRun::Created(self.create_unchecked(run).await?));
                     }
                     let mut tx = self.begin().await?;
                     if let Some(claim) = &run.idempotency

@@ -77,7 +77,7 @@ impl Backend for SqliteStore {
     /// One write of two round trips (its savepoint, then one multi-statement query): the
     /// run, its resolved steps, its first steps and their jobs, and its event when it ended
     /// at once.
-    async fn create_unchecked(&self, run: &NewRun) -> Result<Option<RunStatus>> {
+    async fn create_unchecked(&self, run: &NewRun) -> Result<RunStatus> {
         let terminal = run.plan.terminal.as_ref();
         let status = terminal.map_or(run.plan.status, |t| t.status);
         let mut script = bind_new_run!(
@@ -123,7 +123,7 @@ impl Backend for SqliteStore {
         let mut tx = self.begin().await?;
         script.query()?.execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(Some(status))
+        Ok(status)
     }
 
     /// One round trip for all steps: both inserts in one multi-statement query.

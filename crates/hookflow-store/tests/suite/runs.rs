@@ -143,6 +143,93 @@ pub async fn created_finished(db: &TestDb) {
     assert!(s.claim_deliveries(T0, 10, 1000).await.unwrap().is_empty());
 }
 
+/// Many runs created at once (a PostgreSQL node writes them in shared batches): every run is
+/// stored whole with its steps, jobs and event, and a run that cannot be written (its id is
+/// taken) fails alone, leaving the run that holds the id untouched.
+pub async fn concurrent_creates(db: &TestDb) {
+    let s = &db.store;
+    let (ws, dep) = fixture(db, None).await;
+    let taken = new_run(&dep, &["a"]);
+    s.create_run(&taken).await.unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..120 {
+        let mut run = new_run(&dep, &["a", "b"]);
+        match i % 4 {
+            0 => {
+                run.id = taken.id.clone();
+                run.inputs = json!({"n": i});
+            }
+            1 => {
+                let record = run.record();
+                run.plan.start.clear();
+                run.plan.inline = vec![("a".into(), StepResult::Completed(json!({"i": i})))];
+                run.plan.terminal = Some(Terminal {
+                    status: RunStatus::Completed,
+                    output: Some(json!({"i": i})),
+                    error: None,
+                    event: Some(event(&record, "completed")),
+                });
+            }
+            _ => run.inputs = json!({"n": i}),
+        }
+        let store = s.clone();
+        tasks.spawn(async move { (i, run.id.clone(), store.create_run(&run).await) });
+    }
+    let mut events = 0;
+    for (i, id, result) in tasks.join_all().await {
+        if i % 4 == 0 {
+            assert!(result.is_err(), "run {i} reused a taken id: {result:?}");
+            continue;
+        }
+        let finished = i % 4 == 1;
+        let status = if finished {
+            RunStatus::Completed
+        } else {
+            RunStatus::Running
+        };
+        assert!(
+            matches!(result, Ok(CreatedRun::Created(created)) if created == status),
+            "run {i}: {result:?}"
+        );
+        let stored = s.run(&ws.id, &id).await.unwrap().unwrap();
+        assert_eq!(stored.status, status);
+        let steps: Vec<_> = s
+            .step_executions(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.step_id, e.status, e.output))
+            .collect();
+        if finished {
+            events += 1;
+            assert_eq!(stored.output, Some(json!({"i": i})));
+            assert_eq!(
+                steps,
+                [("a".into(), StepStatus::Completed, Some(json!({"i": i})))]
+            );
+        } else {
+            assert_eq!(stored.inputs, json!({"n": i}));
+            assert_eq!(
+                steps,
+                [
+                    ("a".into(), StepStatus::Scheduled, None),
+                    ("b".into(), StepStatus::Scheduled, None)
+                ]
+            );
+        }
+    }
+    let kept = s.run(&ws.id, &taken.id).await.unwrap().unwrap();
+    assert_eq!(kept.inputs, json!({"n": 1}));
+    assert_eq!(s.step_executions(&taken.id).await.unwrap().len(), 1);
+    assert_eq!(
+        s.claim_deliveries(T0, 100, 1000).await.unwrap().len(),
+        events
+    );
+    // Jobs: one for the taken run's step, two for each running run created here.
+    let jobs = s.claim_jobs(T0, 1000).await.unwrap();
+    assert_eq!(jobs.len(), 1 + 2 * 60);
+}
+
 pub async fn idempotency(db: &TestDb) {
     let s = &db.store;
     let (ws, dep) = fixture(db, None).await;
