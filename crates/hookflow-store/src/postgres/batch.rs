@@ -3,7 +3,7 @@
 //! PostgreSQL parses, executes and flushes its WAL once per batch instead of once per run.
 //!
 //! Batches form on their own: while one batch is being written, new runs queue, and the writer
-//! then takes all that queued (at most [`MAX_BATCH`]). Under light load a run is written alone,
+//! then takes all that queued (at most [`MAX_BATCH`] runs, or until [`MAX_BATCH_BYTES`]). Under light load a run is written alone,
 //! at once; no timer ever holds one back. Each caller is answered after the commit that holds
 //! its run. When a batch fails, its runs are written again one by one, so one bad run cannot
 //! fail the others.
@@ -23,6 +23,10 @@ use crate::{NewEvent, NewRun, NewStep, Result, RunStatus, Signal, StoreError};
 
 /// Most runs in one statement.
 const MAX_BATCH: usize = 256;
+
+/// A batch takes no more runs once its text (inputs, metadata, outputs…) passes this size, so
+/// that large runs do not make one huge statement.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Runs waiting for a writer at most; callers beyond it wait to hand theirs over.
 const QUEUE: usize = 4096;
@@ -96,6 +100,22 @@ impl Row {
         (row, status)
     }
 
+    /// The size of its larger texts (what may make a statement large).
+    fn bytes(&self) -> usize {
+        let optional = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+        self.inputs.len()
+            + self.metadata.len()
+            + self.settings.len()
+            + optional(&self.output)
+            + optional(&self.error)
+            + self
+                .inline
+                .iter()
+                .map(|(_, _, o)| optional(o))
+                .sum::<usize>()
+            + self.event.as_ref().map_or(0, |e| e.payload.len())
+    }
+
     /// What the other nodes must hear once this run is committed.
     fn signals(&self, signals: &mut Vec<Signal>) {
         for (wanted, signal) in [
@@ -149,9 +169,17 @@ impl RunBatcher {
 
 /// Writes whatever queued while the previous batch was being written, as one batch.
 async fn write_all(pool: PgPool, notifier: Notifier, mut pending: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write(&pool, &notifier, std::mem::take(&mut batch)).await;
+    while let Some(first) = pending.recv().await {
+        let mut bytes = first.row.bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = pending.try_recv() else {
+                break;
+            };
+            bytes += next.row.bytes();
+            batch.push(next);
+        }
+        write(&pool, &notifier, batch).await;
     }
 }
 

@@ -143,9 +143,9 @@ pub async fn created_finished(db: &TestDb) {
     assert!(s.claim_deliveries(T0, 10, 1000).await.unwrap().is_empty());
 }
 
-/// Many runs created at once (a PostgreSQL node writes them in shared batches): every run is
-/// stored whole with its steps, jobs and event, and a run that cannot be written (its id is
-/// taken) fails alone, leaving the run that holds the id untouched.
+/// Many runs created at once (a PostgreSQL node writes them in shared batches, split by size):
+/// every run is stored whole with its steps, jobs and event, and a run that cannot be written
+/// (its id is taken) fails alone, leaving the run that holds the id untouched.
 pub async fn concurrent_creates(db: &TestDb) {
     let s = &db.store;
     let (ws, dep) = fixture(db, None).await;
@@ -170,13 +170,18 @@ pub async fn concurrent_creates(db: &TestDb) {
                     event: Some(event(&record, "completed")),
                 });
             }
+            // Large inputs (30 × 300 kB): more than one batch's worth.
+            2 => run.inputs = json!({"n": i, "pad": "x".repeat(300_000)}),
             _ => run.inputs = json!({"n": i}),
         }
         let store = s.clone();
-        tasks.spawn(async move { (i, run.id.clone(), store.create_run(&run).await) });
+        tasks.spawn(async move {
+            let created = store.create_run(&run).await;
+            (i, run.id, run.inputs, created)
+        });
     }
     let mut events = 0;
-    for (i, id, result) in tasks.join_all().await {
+    for (i, id, inputs, result) in tasks.join_all().await {
         if i % 4 == 0 {
             assert!(result.is_err(), "run {i} reused a taken id: {result:?}");
             continue;
@@ -208,7 +213,7 @@ pub async fn concurrent_creates(db: &TestDb) {
                 [("a".into(), StepStatus::Completed, Some(json!({"i": i})))]
             );
         } else {
-            assert_eq!(stored.inputs, json!({"n": i}));
+            assert_eq!(stored.inputs, inputs);
             assert_eq!(
                 steps,
                 [
