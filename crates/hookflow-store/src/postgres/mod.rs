@@ -6,7 +6,8 @@
 //! slots) take transaction-scoped advisory locks. Lock order, to stay free of deadlocks:
 //! run row, then its jobs and step executions, then the deployment's advisory lock, then
 //! queued run rows (taken with `SKIP LOCKED`). Commits that create work or events, or end a
-//! run, then wake the other nodes (see [`listen`]).
+//! run, then wake the other nodes (see [`listen`]). New runs that need no check (no
+//! idempotency key, no concurrency limit) are written in shared batches (see [`batch`]).
 //!
 //! The store traits come from the shared layer (`crate::shared`); `dialect` holds what
 //! PostgreSQL does its own way.
