@@ -2,12 +2,13 @@
 //! to the other nodes after commit, one-statement batches, and its own SQL (`DISTINCT ON`,
 //! JSON operators, text that cannot hold U+0000).
 
-use sqlx::QueryBuilder;
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, Postgres};
 use sqlx::query::Query;
+use sqlx::{QueryBuilder, Row};
 
 use super::{Autocommit, PgStore, Tx};
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
+use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal, StepExecution,
@@ -111,6 +112,79 @@ impl Backend for PgStore {
     /// event when it ended at once, shared with whatever runs were created alongside.
     async fn create_unchecked(&self, run: &NewRun) -> Result<RunStatus> {
         self.batcher.create(run, Self::clean).await
+    }
+
+    /// One statement whatever changes: each part is a no-op when it has nothing to write (a
+    /// NULL step, empty arrays, a NULL event or status), so every write shares one prepared
+    /// statement.
+    async fn write_run(tx: &mut Tx, writes: &RunWrites<'_>) -> Result<bool> {
+        let run = writes.run;
+        let sql = format!(
+            "WITH step AS ( \
+               UPDATE step_executions SET status = $4, output = $5, error = $6, \
+                 finished_at = $2, started_at = COALESCE(started_at, $2) \
+               WHERE run_id = $1 AND step_id = $3 AND attempt = $7), \
+             inline AS ( \
+               INSERT INTO step_executions (run_id, step_id, attempt, status, output, \
+                 created_at, started_at, finished_at) \
+               SELECT $1, step_id, 1, status, output, $2, $2, $2 \
+               FROM unnest($8::text[], $9::text[], $10::text[]) AS t (step_id, status, output)), \
+             {steps}, \
+             event AS ( \
+               INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
+                 payload, url, status, run_at, created_at, updated_at) \
+               SELECT $18, $1, $19, $20, $21, $22, $23, 'pending', $2, $2, $2 \
+               WHERE $18::text IS NOT NULL) \
+             UPDATE runs SET status = $24, \
+               output = CASE WHEN $25 THEN $26 ELSE output END, \
+               error = CASE WHEN $25 THEN $27 ELSE error END, \
+               finished_at = CASE WHEN $25 THEN $2::bigint ELSE finished_at END \
+             WHERE id = $1 AND $24::text IS NOT NULL \
+             RETURNING $25 AND {PROMOTE_CHECK}",
+            steps = steps_ctes(11),
+        );
+        let step = writes.step.as_ref();
+        let end = writes.end;
+        let event = end.and_then(|t| t.event.as_ref());
+        let status = end.map(|t| t.status).or(writes.status);
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&run.id)
+            .bind(writes.now)
+            .bind(step.map(|s| s.step_id))
+            .bind(step.map(|s| s.status))
+            .bind(step.and_then(|s| s.output.as_deref()))
+            .bind(step.and_then(|s| s.error.as_deref()))
+            .bind(step.map(|s| s.attempt))
+            .bind(writes.inline.iter().map(|i| i.0).collect::<Vec<_>>())
+            .bind(writes.inline.iter().map(|i| i.1).collect::<Vec<_>>())
+            .bind(
+                writes
+                    .inline
+                    .iter()
+                    .map(|i| i.2.as_deref())
+                    .collect::<Vec<_>>(),
+            );
+        let row = bind_steps(
+            query,
+            writes
+                .start
+                .iter()
+                .map(|s| (run.id.as_str(), writes.now, s)),
+        )
+        .bind(event.map(|e| &e.id))
+        .bind(&run.workspace_id)
+        .bind(&run.deployment_id)
+        .bind(event.map(|e| &e.event_type))
+        .bind(event.map(|e| &e.payload))
+        .bind(event.map(|e| &e.url))
+        .bind(status.map(RunStatus::as_str))
+        .bind(end.is_some())
+        .bind(end.and_then(|t| t.output.as_ref()).map(|v| v.to_string()))
+        .bind(Self::clean(end.and_then(|t| t.error.as_deref())))
+        .fetch_optional(&mut **tx)
+        .await?;
+        let promote: Option<Option<bool>> = row.map(|r| r.try_get(0)).transpose()?;
+        Ok(promote.flatten().unwrap_or(false))
     }
 
     /// One statement for all steps, then wakes the other nodes.

@@ -12,6 +12,7 @@
 macro_rules! impl_lifecycle {
     ($store:ident) => {
         const _: () = {
+            use $crate::shared::run_writes::{RunWrites, StepRow};
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
                 Applied, Delivery, Millis, NewApproval, NewEvent, Planner, Result, RunRecord,
@@ -93,39 +94,25 @@ macro_rules! impl_lifecycle {
                     Ok(())
                 }
 
-                /// Makes a locked run terminal, writes its event (the outbox row) and frees
-                /// its concurrency slot. `open`: the run may have open attempts (and so jobs
-                /// and pending approvals) to abandon.
+                /// Writes the last changes of a locked run with its end (terminal state and
+                /// event, the outbox row), then frees its concurrency slot. `open`: the run
+                /// may have open attempts (and so jobs and pending approvals) to abandon.
                 async fn end_run(
                     tx: &mut Tx<Self>,
-                    run: &RunRecord,
+                    writes: RunWrites<'_>,
                     terminal: &Terminal,
                     open: bool,
-                    now: Millis,
                 ) -> Result<()> {
-                    // Deployments without a limit and without queued runs (the common case)
-                    // skip promotion and its slot lock, so their runs end without waiting for
-                    // each other.
-                    let promote: Option<bool> = sqlx::query_scalar(
-                        "UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4 \
-                         WHERE id = $5 RETURNING ( \
-                           SELECT d.concurrency_limit IS NOT NULL OR EXISTS ( \
-                             SELECT 1 FROM runs q \
-                             WHERE q.deployment_id = d.id AND q.status = 'queued') \
-                           FROM deployments d WHERE d.id = runs.deployment_id)",
-                    )
-                    .bind(terminal.status.as_str())
-                    .bind(terminal.output.as_ref().map(|v| v.to_string()))
-                    .bind(Self::clean(terminal.error.as_deref()))
-                    .bind(now)
-                    .bind(&run.id)
-                    .fetch_one(&mut **tx)
-                    .await?;
+                    let (run, now) = (writes.run, writes.now);
+                    let writes = RunWrites {
+                        end: Some(terminal),
+                        ..writes
+                    };
+                    let promote = Self::write_run(tx, &writes).await?;
                     if open {
                         Self::abandon_open_work(tx, &run.id, now).await?;
                     }
-                    if let Some(event) = &terminal.event {
-                        Self::insert_delivery(tx, run, event, Some(now), now).await?;
+                    if terminal.event.is_some() {
                         tx.signal(Signal::Outbox);
                     }
                     if run.delivery == Delivery::Direct {
@@ -133,45 +120,9 @@ macro_rules! impl_lifecycle {
                         // waiter to wake).
                         tx.signal(Signal::RunEnded(run.id.clone()));
                     }
-                    if promote == Some(true) {
+                    if promote {
                         Self::promote(tx, &run.deployment_id, now).await?;
                     }
-                    Ok(())
-                }
-
-                /// Records one attempt's outcome on its execution row.
-                async fn record_step(
-                    conn: &mut Conn<Self>,
-                    run_id: &str,
-                    step_id: &str,
-                    attempt: i64,
-                    result: &StepResult,
-                    now: Millis,
-                ) -> Result<()> {
-                    let (status, output, error) = match result {
-                        StepResult::Completed(output) => {
-                            ("completed", Some(output.to_string()), None)
-                        }
-                        StepResult::Skipped => ("skipped", None, None),
-                        StepResult::Failed { error, .. } => {
-                            ("failed", None, Self::clean(Some(error)))
-                        }
-                        StepResult::Waiting { .. } => return Ok(()),
-                    };
-                    sqlx::query(
-                        "UPDATE step_executions SET status = $1, output = $2, error = $3, \
-                         finished_at = $4, started_at = COALESCE(started_at, $4) \
-                         WHERE run_id = $5 AND step_id = $6 AND attempt = $7",
-                    )
-                    .bind(status)
-                    .bind(output)
-                    .bind(error)
-                    .bind(now)
-                    .bind(run_id)
-                    .bind(step_id)
-                    .bind(attempt)
-                    .execute(&mut *conn)
-                    .await?;
                     Ok(())
                 }
 
@@ -241,15 +192,21 @@ macro_rules! impl_lifecycle {
                     planner: &dyn Planner,
                     now: Millis,
                 ) -> Result<Applied> {
+                    let mut row = None;
                     if let (Some((step_id, attempt)), Some(result)) = (step, &result) {
-                        Self::record_step(tx, &run.id, step_id, attempt, result, now).await?;
+                        row = StepRow::of(step_id, attempt, result, Self::clean);
                         rows::record_in(&mut steps, step_id, attempt, result, now);
                         match result {
                             StepResult::Failed {
                                 retry: Some(retry), ..
                             } => {
-                                let retry = std::slice::from_ref(retry);
-                                Self::schedule_steps(tx, &run.id, retry, now).await?;
+                                let writes = RunWrites {
+                                    step: row,
+                                    start: std::slice::from_ref(retry),
+                                    ..RunWrites::new(run, now)
+                                };
+                                Self::write_run(tx, &writes).await?;
+                                tx.signal(Signal::Work);
                                 return Ok(Applied::Done {
                                     terminal: None,
                                     event: false,
@@ -278,36 +235,40 @@ macro_rules! impl_lifecycle {
                             _ => {}
                         }
                     }
-                    Self::plan(tx, run, &steps, planner, now).await
+                    Self::plan(tx, run, &steps, row, planner, now).await
                 }
 
-                /// Asks the planner what follows from the run's executions, and writes it.
+                /// Asks the planner what follows from the run's executions, and writes it
+                /// together with the applied attempt's `row`.
                 async fn plan(
                     tx: &mut Tx<Self>,
                     run: &RunRecord,
                     steps: &[StepExecution],
+                    row: Option<StepRow<'_>>,
                     planner: &dyn Planner,
                     now: Millis,
                 ) -> Result<Applied> {
                     let plan = planner.plan(run, steps, now);
-                    for (step_id, result) in &plan.inline {
-                        Self::record_inline(tx, &run.id, step_id, result, now).await?;
-                    }
+                    let writes = RunWrites {
+                        step: row,
+                        ..RunWrites::new(run, now).inline(&plan.inline)
+                    };
                     if let Some(terminal) = &plan.terminal {
                         let open = steps.iter().any(|e| e.status.is_open());
-                        Self::end_run(tx, run, terminal, open, now).await?;
+                        Self::end_run(tx, writes, terminal, open).await?;
                         return Ok(Applied::Done {
                             terminal: Some(terminal.status),
                             event: terminal.event.is_some(),
                         });
                     }
-                    Self::schedule_steps(tx, &run.id, &plan.start, now).await?;
-                    if plan.status != run.status {
-                        sqlx::query("UPDATE runs SET status = $1 WHERE id = $2")
-                            .bind(plan.status.as_str())
-                            .bind(&run.id)
-                            .execute(&mut **tx)
-                            .await?;
+                    let writes = RunWrites {
+                        start: &plan.start,
+                        status: (plan.status != run.status).then_some(plan.status),
+                        ..writes
+                    };
+                    Self::write_run(tx, &writes).await?;
+                    if !plan.start.is_empty() {
+                        tx.signal(Signal::Work);
                     }
                     Ok(Applied::Done {
                         terminal: None,

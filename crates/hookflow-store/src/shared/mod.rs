@@ -20,6 +20,7 @@ pub(crate) mod outbox;
 pub(crate) mod paging;
 pub(crate) mod queue;
 pub(crate) mod rows;
+pub(crate) mod run_writes;
 pub(crate) mod runs;
 
 use std::future::Future;
@@ -108,6 +109,13 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// Creates a run that needs no check first (no idempotency key, no concurrency limit) in
     /// the backend's cheapest way, returning its status.
     fn create_unchecked(&self, run: &NewRun) -> impl Future<Output = Result<RunStatus>> + Send;
+
+    /// Writes the changes of a live, locked run in one round trip; returns, when it ends the
+    /// run, the run's [`run_writes::PROMOTE_CHECK`] (false otherwise).
+    fn write_run(
+        tx: &mut Self::Tx,
+        writes: &run_writes::RunWrites<'_>,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Inserts step executions and their jobs.
     fn schedule_steps(

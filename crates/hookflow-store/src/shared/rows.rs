@@ -110,7 +110,8 @@ fn step_execution_as(row: &impl Columns, prefix: &str) -> Result<StepExecution> 
     })
 }
 
-/// Applies what [`crate::shared`]'s `record_step` writes to the loaded executions of a run.
+/// Applies what an attempt's [`crate::shared::run_writes::StepRow`] writes to the loaded
+/// executions of a run.
 pub(crate) fn record_in(
     steps: &mut [StepExecution],
     step_id: &str,

@@ -47,6 +47,7 @@ macro_rules! impl_runs {
         const _: () = {
             use sqlx::QueryBuilder;
 
+            use $crate::shared::run_writes::RunWrites;
             use $crate::shared::runs::{INSERT_RUN, bind_new_run};
             use $crate::shared::{
                 Backend as _, Conn, IDEMPOTENCY_WINDOW_MS, LockSpace, cursor, rows,
@@ -251,7 +252,7 @@ macro_rules! impl_runs {
                     if run.status.is_terminal() {
                         return Ok(Cancelled::AlreadyTerminal(run.status));
                     }
-                    Self::end_run(&mut tx, &run, terminal, true, now).await?;
+                    Self::end_run(&mut tx, RunWrites::new(&run, now), terminal, true).await?;
                     tx.commit().await?;
                     Ok(Cancelled::Done)
                 }

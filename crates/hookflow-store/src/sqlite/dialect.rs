@@ -10,10 +10,11 @@ use super::SqliteStore;
 use super::script::Script;
 use super::writer::WriteTx;
 use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
+use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
 use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
-    ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
+    ClaimedJob, JobKind, Millis, NewEvent, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
     StepExecution,
 };
 
@@ -88,42 +89,81 @@ impl Backend for SqliteStore {
             terminal,
             Self::clean
         );
-        // INSERT_RUN's $1 is the run's id, $16 its creation time.
-        let (id, now) = ("$1".to_string(), "$16".to_string());
-        if !run.plan.inline.is_empty() {
-            let mut values = Vec::with_capacity(run.plan.inline.len());
-            for (step_id, result) in &run.plan.inline {
+        // INSERT_RUN's $1 is the run's id, $2 its workspace, $3 its deployment, $16 its
+        // creation time.
+        let (id, now) = ("$1", "$16");
+        let inline: Vec<_> = run
+            .plan
+            .inline
+            .iter()
+            .map(|(step_id, result)| {
                 let (status, output) = result.inline_row();
-                values.push(format!(
-                    "({id}, {}, 1, {}, {}, {now}, {now}, {now})",
-                    script.param(step_id),
-                    script.param(status),
-                    script.param(output),
-                ));
-            }
-            script.statement(&format!(
-                "INSERT INTO step_executions (run_id, step_id, attempt, status, output, \
-                 created_at, started_at, finished_at) VALUES {}",
-                values.join(", ")
-            ));
-        }
-        push_steps(&mut script, &id, &now, &run.plan.start, run.created_at);
+                (step_id.as_str(), status, output)
+            })
+            .collect();
+        push_inline(&mut script, id, now, &inline);
+        push_steps(&mut script, id, now, &run.plan.start, run.created_at);
         if let Some(event) = terminal.and_then(|t| t.event.as_ref()) {
-            let insert = format!(
-                "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
-                 payload, url, status, run_at, created_at, updated_at) \
-                 VALUES ({}, {id}, $2, $3, {}, {}, {}, 'pending', {now}, {now}, {now})",
-                script.param(&event.id),
-                script.param(&event.event_type),
-                script.param(&event.payload),
-                script.param(&event.url),
-            );
-            script.statement(&insert);
+            push_event(&mut script, [id, "$2", "$3"], now, event);
         }
         let mut tx = self.begin().await?;
         script.query()?.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(status)
+    }
+
+    /// One round trip: every change as one multi-statement query, the run's `UPDATE` last
+    /// (the only statement that returns a row).
+    async fn write_run(tx: &mut WriteTx, writes: &RunWrites<'_>) -> Result<bool> {
+        let run = writes.run;
+        let mut script = Script::new("");
+        let (id, now) = (script.param(&run.id), script.param(writes.now));
+        if let Some(step) = &writes.step {
+            let update = format!(
+                "UPDATE step_executions SET status = {}, output = {}, error = {}, \
+                 finished_at = {now}, started_at = COALESCE(started_at, {now}) \
+                 WHERE run_id = {id} AND step_id = {} AND attempt = {}",
+                script.param(step.status),
+                script.param(&step.output),
+                script.param(&step.error),
+                script.param(step.step_id),
+                script.param(step.attempt),
+            );
+            script.statement(&update);
+        }
+        push_inline(&mut script, &id, &now, &writes.inline);
+        push_steps(&mut script, &id, &now, writes.start, writes.now);
+        if let Some(end) = writes.end {
+            if let Some(event) = &end.event {
+                let (ws, deployment) = (
+                    script.param(&run.workspace_id),
+                    script.param(&run.deployment_id),
+                );
+                push_event(&mut script, [&id, &ws, &deployment], &now, event);
+            }
+            let update = format!(
+                "UPDATE runs SET status = {}, output = {}, error = {}, finished_at = {now} \
+                 WHERE id = {id} RETURNING {PROMOTE_CHECK}",
+                script.param(end.status.as_str()),
+                script.param(end.output.as_ref().map(|v| v.to_string())),
+                script.param(Self::clean(end.error.as_deref())),
+            );
+            script.statement(&update);
+        } else if let Some(status) = writes.status {
+            let update = format!(
+                "UPDATE runs SET status = {} WHERE id = {id}",
+                script.param(status.as_str())
+            );
+            script.statement(&update);
+        }
+        if script.is_empty() {
+            return Ok(false);
+        }
+        let (sql, args) = script.into_parts()?;
+        let promote: Option<Option<bool>> = sqlx::query_scalar_with(sql, args)
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(promote.flatten().unwrap_or(false))
     }
 
     /// One round trip for all steps: both inserts in one multi-statement query.
@@ -254,6 +294,48 @@ fn push_steps(script: &mut Script, run: &str, at: &str, steps: &[NewStep], now: 
         "INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) VALUES {}",
         jobs.join(", ")
     ));
+}
+
+/// Appends the statement recording `inline` (steps the planner resolved: step, status, output)
+/// as finished first attempts of the run whose id is the placeholder `run`, at `at`.
+fn push_inline(
+    script: &mut Script,
+    run: &str,
+    at: &str,
+    inline: &[(&str, &'static str, Option<String>)],
+) {
+    if inline.is_empty() {
+        return;
+    }
+    let mut values = Vec::with_capacity(inline.len());
+    for (step_id, status, output) in inline {
+        values.push(format!(
+            "({run}, {}, 1, {}, {}, {at}, {at}, {at})",
+            script.param(*step_id),
+            script.param(*status),
+            script.param(output),
+        ));
+    }
+    script.statement(&format!(
+        "INSERT INTO step_executions (run_id, step_id, attempt, status, output, created_at, \
+         started_at, finished_at) VALUES {}",
+        values.join(", ")
+    ));
+}
+
+/// Appends the statement inserting a run's event, due at `at`; `[run, workspace, deployment]`
+/// are the placeholders of the run's ids.
+fn push_event(script: &mut Script, [run, ws, deployment]: [&str; 3], at: &str, event: &NewEvent) {
+    let insert = format!(
+        "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, payload, \
+         url, status, run_at, created_at, updated_at) \
+         VALUES ({}, {run}, {ws}, {deployment}, {}, {}, {}, 'pending', {at}, {at}, {at})",
+        script.param(&event.id),
+        script.param(&event.event_type),
+        script.param(&event.payload),
+        script.param(&event.url),
+    );
+    script.statement(&insert);
 }
 
 impl WriteTx {

@@ -46,11 +46,22 @@ impl Script {
         self.sql.push_str(sql);
     }
 
-    /// The query to run (an error if a value could not be encoded).
-    pub(crate) fn query(self) -> Result<sqlx::query::Query<'static, Sqlite, SqliteArguments>> {
+    /// Whether no statement was added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sql.is_empty()
+    }
+
+    /// The SQL and its parameters (an error if a value could not be encoded).
+    pub(crate) fn into_parts(self) -> Result<(sqlx::AssertSqlSafe<String>, SqliteArguments)> {
         match self.error {
             Some(e) => Err(sqlx::Error::Encode(e).into()),
-            None => Ok(sqlx::query_with(sqlx::AssertSqlSafe(self.sql), self.args)),
+            None => Ok((sqlx::AssertSqlSafe(self.sql), self.args)),
         }
+    }
+
+    /// The query to run (an error if a value could not be encoded).
+    pub(crate) fn query(self) -> Result<sqlx::query::Query<'static, Sqlite, SqliteArguments>> {
+        let (sql, args) = self.into_parts()?;
+        Ok(sqlx::query_with(sql, args))
     }
 }
