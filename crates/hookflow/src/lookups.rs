@@ -1,5 +1,5 @@
 //! Short-lived copies of what nearly every request reads: which workspace an API key belongs
-//! to, and the deployment an invoke names. Writes through this node clear them at once; a
+//! to, the deployment an invoke names, and the deployment whose secrets sign a callback. Writes through this node clear them at once; a
 //! write on another node (PostgreSQL) reaches this one when the copy expires, after
 //! [`LOOKUP_TTL`] at most.
 
@@ -60,6 +60,8 @@ pub struct Lookups {
     pub keys: Expiring<String, String>,
     /// (workspace id, deployment id or name) → deployment (only deployments that exist).
     pub deployments: Expiring<(String, String), Deployment>,
+    /// Deployment id → deployment, for signing its callbacks.
+    pub signing: Expiring<String, Deployment>,
 }
 
 impl Default for Lookups {
@@ -67,6 +69,7 @@ impl Default for Lookups {
         Self {
             keys: Expiring::new(LOOKUP_TTL),
             deployments: Expiring::new(LOOKUP_TTL),
+            signing: Expiring::new(LOOKUP_TTL),
         }
     }
 }
@@ -76,6 +79,7 @@ impl Lookups {
     pub fn clear(&self) {
         self.keys.clear();
         self.deployments.clear();
+        self.signing.clear();
     }
 }
 

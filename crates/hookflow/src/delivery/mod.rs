@@ -75,13 +75,23 @@ async fn sleep_until_due(app: &App) {
     }
 }
 
-/// The signing secrets of a deployment right now, newest first.
+/// The signing secrets of a deployment right now, newest first (its deployment read through
+/// the node's short-lived copies; see [`crate::lookups`]).
 pub async fn signing_secrets(app: &App, deployment_id: &str) -> anyhow::Result<Vec<String>> {
-    let deployment = app
-        .store
-        .deployment_by_id(deployment_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("deployment {deployment_id} not found"))?;
+    let deployment = match app.lookups.signing.get(&deployment_id.to_string()) {
+        Some(deployment) => deployment,
+        None => {
+            let deployment = app
+                .store
+                .deployment_by_id(deployment_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("deployment {deployment_id} not found"))?;
+            app.lookups
+                .signing
+                .insert(deployment_id.to_string(), deployment.clone());
+            deployment
+        }
+    };
     Ok(deployment
         .active_secrets(now_ms())
         .into_iter()
