@@ -14,6 +14,7 @@
 //!   signal other nodes after commit), PostgreSQL's row locks (`FOR UPDATE`), advisory locks
 //!   and `SKIP LOCKED` claims, NUL sanitising, and the SQL the two spell differently.
 
+mod batch;
 mod model;
 pub mod postgres;
 mod shared;

@@ -470,6 +470,19 @@ pub struct Plan {
     pub terminal: Option<Terminal>,
 }
 
+impl Plan {
+    /// The resolved steps as their rows store them: (step, status, output).
+    pub fn inline_rows(&self) -> Vec<(&str, &'static str, Option<String>)> {
+        self.inline
+            .iter()
+            .map(|(step, result)| {
+                let (status, output) = result.inline_row();
+                (step.as_str(), status, output)
+            })
+            .collect()
+    }
+}
+
 /// Decides the next state of a run from its stored state (pure; runs inside a transaction).
 pub trait Planner: Send + Sync {
     /// `steps` holds every execution of the run, in (step, attempt) order.

@@ -65,6 +65,7 @@ conformance!(
     queue::racing_finishes_join_once,
     outbox::deliveries_lease_and_record,
     outbox::deliveries_give_up,
+    outbox::concurrent_attempts,
     outbox::manual_event,
     waiting::async_completion,
     waiting::async_timeout,

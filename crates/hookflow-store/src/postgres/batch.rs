@@ -1,38 +1,79 @@
-//! Group insert of new runs: the runs that concurrent [`Backend::create_unchecked`] calls hand
-//! to one node's [`RunBatcher`] are written by one statement, in one transaction, so
-//! PostgreSQL parses, executes and flushes its WAL once per batch instead of once per run.
-//!
-//! Batches form on their own: while one batch is being written, new runs queue, and the writer
-//! then takes all that queued (at most [`MAX_BATCH`] runs, or until [`MAX_BATCH_BYTES`]). Under light load a run is written alone,
-//! at once; no timer ever holds one back. Each caller is answered after the commit that holds
-//! its run. When a batch fails, its runs are written again one by one, so one bad run cannot
-//! fail the others.
-//!
-//! One writer per node: measured with the benchmark's accept figure (64 connections, quick
-//! mode), one writer accepted 15,195 runs/s, two 10,787-12,114/s, three 10,189/s, four 7,167-9,361/s,
-//! eight 8,975/s: fewer, larger statements cost PostgreSQL less than more, concurrent ones.
+//! What PostgreSQL writes in shared batches (see [`crate::batch`]): new runs, which concurrent
+//! [`Backend::create_unchecked`] calls on one node hand over, are written by one statement, in
+//! one transaction, so PostgreSQL parses, executes and flushes its WAL once per batch instead of
+//! once per run; so are delivery attempts.
 //!
 //! [`Backend::create_unchecked`]: crate::shared::Backend::create_unchecked
 
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 use sqlx::query::Query;
-use tokio::sync::{mpsc, oneshot};
 
 use super::listen::Notifier;
-use crate::{NewEvent, NewRun, NewStep, Result, RunStatus, Signal, StoreError};
+use crate::batch::BatchWrite;
+use crate::shared::outbox::LoggedAttempt;
+use crate::{NewEvent, NewRun, NewStep, Result, RunStatus, Signal};
 
-/// Most runs in one statement.
-const MAX_BATCH: usize = 256;
+/// Writes batches of delivery attempts: one statement each.
+pub(super) struct Attempts {
+    pub(super) pool: PgPool,
+}
 
-/// A batch takes no more runs once its text (inputs, metadata, outputs…) passes this size, so
-/// that large runs do not make one huge statement.
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+impl BatchWrite for Attempts {
+    type Item = LoggedAttempt;
 
-/// Runs waiting for a writer at most; callers beyond it wait to hand theirs over.
-const QUEUE: usize = 4096;
+    /// The log rows and the events' updates are one statement. An event twice in one batch
+    /// (attempts under two leases) is updated by the attempt whose lease still holds.
+    async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<()> {
+        let text = |f: fn(&LoggedAttempt) -> Option<&str>| {
+            attempts.iter().map(|a| f(a)).collect::<Vec<_>>()
+        };
+        let number = |f: fn(&LoggedAttempt) -> Option<i64>| {
+            attempts.iter().map(|a| f(a)).collect::<Vec<_>>()
+        };
+        sqlx::query(
+            "WITH input AS ( \
+               SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], \
+                 $5::text[], $6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::text[], \
+                 $11::bigint[], $12::text[], $13::bigint[], $14::bigint[]) \
+               AS t (id, lease, status, run_at, run_id, attempt, trigger, url, status_code, \
+                 response_body, duration_ms, error, created_at, next_attempt_at)), \
+             logged AS ( \
+               INSERT INTO delivery_attempts (delivery_id, run_id, attempt, trigger, url, \
+                 status_code, response_body, duration_ms, error, created_at, next_attempt_at) \
+               SELECT id, run_id, attempt, trigger, url, status_code, response_body, \
+                 duration_ms, error, created_at, next_attempt_at FROM input) \
+             UPDATE deliveries d SET attempts = d.attempts + 1, \
+               status = COALESCE(i.status, d.status), \
+               run_at = CASE WHEN i.status IS NULL THEN d.run_at ELSE i.run_at END, \
+               updated_at = i.created_at \
+             FROM input i WHERE d.id = i.id AND (i.lease IS NULL OR d.lease_token = i.lease)",
+        )
+        .bind(text(|a| Some(&a.event_id)))
+        .bind(number(|a| a.lease_token))
+        .bind(text(|a| a.next.map(|(status, _)| status)))
+        .bind(number(|a| a.next.and_then(|(_, at)| at)))
+        .bind(text(|a| Some(&a.run_id)))
+        .bind(number(|a| Some(a.attempt.attempt)))
+        .bind(text(|a| Some(a.attempt.trigger.as_str())))
+        .bind(text(|a| Some(&a.attempt.url)))
+        .bind(number(|a| a.attempt.status_code))
+        .bind(text(|a| a.attempt.response_body.as_deref()))
+        .bind(number(|a| Some(a.attempt.duration_ms)))
+        .bind(text(|a| a.attempt.error.as_deref()))
+        .bind(number(|a| Some(a.attempt.created_at)))
+        .bind(number(|a| a.attempt.next_attempt_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn bytes(logged: &LoggedAttempt) -> usize {
+        logged.bytes()
+    }
+}
 
 /// A new run as the batch statement binds it, with its first steps and its event.
-struct Row {
+pub(super) struct Row {
     id: String,
     workspace_id: String,
     deployment_id: String,
@@ -60,7 +101,10 @@ struct Row {
 
 impl Row {
     /// The run as it starts (or ends) at once, with PostgreSQL-safe text (see `clean`).
-    fn new(run: &NewRun, clean: fn(Option<&str>) -> Option<String>) -> (Self, RunStatus) {
+    pub(super) fn new(
+        run: &NewRun,
+        clean: fn(Option<&str>) -> Option<String>,
+    ) -> (Self, RunStatus) {
         let terminal = run.plan.terminal.as_ref();
         let status = terminal.map_or(run.plan.status, |t| t.status);
         let row = Self {
@@ -85,35 +129,13 @@ impl Row {
                 .map(|v| v.to_string()),
             error: clean(terminal.and_then(|t| t.error.as_deref())),
             finished_at: terminal.map(|_| run.created_at),
-            inline: run
-                .plan
-                .inline
-                .iter()
-                .map(|(step, result)| {
-                    let (status, output) = result.inline_row();
-                    (step.clone(), status, output)
-                })
+            inline: (run.plan.inline_rows().into_iter())
+                .map(|(step, status, output)| (step.to_string(), status, output))
                 .collect(),
             start: run.plan.start.clone(),
             event: terminal.and_then(|t| t.event.clone()),
         };
         (row, status)
-    }
-
-    /// The size of its larger texts (what may make a statement large).
-    fn bytes(&self) -> usize {
-        let optional = |text: &Option<String>| text.as_ref().map_or(0, String::len);
-        self.inputs.len()
-            + self.metadata.len()
-            + self.settings.len()
-            + optional(&self.output)
-            + optional(&self.error)
-            + self
-                .inline
-                .iter()
-                .map(|(_, _, o)| optional(o))
-                .sum::<usize>()
-            + self.event.as_ref().map_or(0, |e| e.payload.len())
     }
 
     /// What the other nodes must hear once this run is committed.
@@ -129,91 +151,41 @@ impl Row {
     }
 }
 
-/// A run handed to the writer, and who waits for its commit.
-struct Pending {
-    row: Row,
-    done: oneshot::Sender<Result<()>>,
+/// Writes batches of new runs, then wakes the other nodes.
+pub(super) struct NewRuns {
+    pub(super) pool: PgPool,
+    pub(super) notifier: Notifier,
 }
 
-/// Hands new runs to this node's batch writer.
-#[derive(Debug, Clone)]
-pub(super) struct RunBatcher {
-    queue: mpsc::Sender<Pending>,
-}
+impl BatchWrite for NewRuns {
+    type Item = Row;
 
-impl RunBatcher {
-    /// Starts the writer; it stops when the last `RunBatcher` clone is dropped.
-    pub(super) fn start(pool: PgPool, notifier: Notifier) -> Self {
-        let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(write_all(pool, notifier, pending));
-        Self { queue }
-    }
-
-    /// Writes `run` (its status decided at once: it needs no check), returning once committed.
-    pub(super) async fn create(
-        &self,
-        run: &NewRun,
-        clean: fn(Option<&str>) -> Option<String>,
-    ) -> Result<RunStatus> {
-        let (row, status) = Row::new(run, clean);
-        let (done, committed) = oneshot::channel();
-        let stopped = || StoreError::Commit("the run writer has stopped".into());
-        self.queue
-            .send(Pending { row, done })
-            .await
-            .map_err(|_| stopped())?;
-        committed.await.map_err(|_| stopped())??;
-        Ok(status)
-    }
-}
-
-/// Writes whatever queued while the previous batch was being written, as one batch.
-async fn write_all(pool: PgPool, notifier: Notifier, mut pending: mpsc::Receiver<Pending>) {
-    while let Some(first) = pending.recv().await {
-        let mut bytes = first.row.bytes();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            let Ok(next) = pending.try_recv() else {
-                break;
-            };
-            bytes += next.row.bytes();
-            batch.push(next);
+    /// One statement for all `rows` (autocommit: one transaction), then wakes the other nodes.
+    async fn write(&self, rows: &[&Row]) -> Result<()> {
+        statement(rows).execute(&self.pool).await?;
+        let mut signals = Vec::new();
+        for row in rows {
+            row.signals(&mut signals);
         }
-        write(&pool, &notifier, batch).await;
+        self.notifier.send(signals);
+        Ok(())
     }
-}
 
-/// Writes a batch and answers its callers; a failed batch is written again run by run.
-async fn write(pool: &PgPool, notifier: &Notifier, batch: Vec<Pending>) {
-    let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
-    let result = insert(pool, notifier, &rows).await;
-    if result.is_ok() || batch.len() == 1 {
-        let mut result = Some(result);
-        for pending in batch {
-            let answer = match result.take() {
-                Some(Err(e)) => Err(e),
-                _ => Ok(()),
-            };
-            // A caller that went away no longer needs its answer; its run stays committed.
-            let _ = pending.done.send(answer);
-        }
-        return;
+    /// The size of its larger texts (what may make a statement large).
+    fn bytes(row: &Row) -> usize {
+        let optional = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+        row.inputs.len()
+            + row.metadata.len()
+            + row.settings.len()
+            + optional(&row.output)
+            + optional(&row.error)
+            + row
+                .inline
+                .iter()
+                .map(|(_, _, o)| optional(o))
+                .sum::<usize>()
+            + row.event.as_ref().map_or(0, |e| e.payload.len())
     }
-    for pending in batch {
-        let result = insert(pool, notifier, &[&pending.row]).await;
-        let _ = pending.done.send(result);
-    }
-}
-
-/// One statement for all `rows` (autocommit: one transaction), then wakes the other nodes.
-async fn insert(pool: &PgPool, notifier: &Notifier, rows: &[&Row]) -> Result<()> {
-    statement(rows).execute(pool).await?;
-    let mut signals = Vec::new();
-    for row in rows {
-        row.signals(&mut signals);
-    }
-    notifier.send(signals);
-    Ok(())
 }
 
 /// The statement inserting `rows`: their runs, resolved steps, first steps and jobs, events.

@@ -7,7 +7,8 @@ use sqlx::query::Query;
 use sqlx::{QueryBuilder, Row};
 
 use super::{Autocommit, PgStore, Tx};
-use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
+use crate::batch::{BatchWrite, Batcher};
+use crate::shared::outbox::LoggedAttempt;
 use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
@@ -35,14 +36,6 @@ impl Backend for PgStore {
           FOR UPDATE SKIP LOCKED)) \
         RETURNING id, lease_token, run_id, deployment_id, event_type, payload, url, attempts";
 
-    /// The log row and the event's update are one statement.
-    const RECORD_ATTEMPT: &str = concat!(
-        "WITH logged AS (",
-        log_attempt_sql!(),
-        ") ",
-        update_delivery_sql!()
-    );
-
     fn reader(&self) -> &PgPool {
         &self.pool
     }
@@ -53,6 +46,17 @@ impl Backend for PgStore {
             signals: Vec::new(),
             notifier: self.notifier.clone(),
         })
+    }
+
+    fn attempts(&self) -> &Batcher<LoggedAttempt> {
+        &self.attempts
+    }
+
+    async fn log_attempts(&self, attempts: &[&LoggedAttempt]) -> Result<()> {
+        let writer = super::batch::Attempts {
+            pool: self.pool.clone(),
+        };
+        writer.write(attempts).await
     }
 
     async fn autocommit(&self) -> Result<Autocommit> {
@@ -111,7 +115,9 @@ impl Backend for PgStore {
     /// one commit for the run, its resolved steps, its first steps and their jobs, and its
     /// event when it ended at once, shared with whatever runs were created alongside.
     async fn create_unchecked(&self, run: &NewRun) -> Result<RunStatus> {
-        self.batcher.create(run, Self::clean).await
+        let (row, status) = super::batch::Row::new(run, Self::clean);
+        self.new_runs.write(row).await?;
+        Ok(status)
     }
 
     /// One statement whatever changes: each part is a no-op when it has nothing to write (a

@@ -23,8 +23,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
+use crate::batch::Batcher;
+use crate::shared::outbox::LoggedAttempt;
 use crate::{Result, Signal, StoreError};
-use batch::RunBatcher;
 use listen::Notifier;
 
 /// Connections per node.
@@ -35,7 +36,8 @@ const POOL_SIZE: u32 = 16;
 pub struct PgStore {
     pool: PgPool,
     notifier: Notifier,
-    batcher: RunBatcher,
+    new_runs: Batcher<batch::Row>,
+    attempts: Batcher<LoggedAttempt>,
 }
 
 impl PgStore {
@@ -61,11 +63,16 @@ impl PgStore {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let notifier = Notifier::start(pool.clone());
-        let batcher = RunBatcher::start(pool.clone(), notifier.clone());
+        let new_runs = Batcher::start(batch::NewRuns {
+            pool: pool.clone(),
+            notifier: notifier.clone(),
+        });
+        let attempts = Batcher::start(batch::Attempts { pool: pool.clone() });
         Ok(Self {
             pool,
             notifier,
-            batcher,
+            new_runs,
+            attempts,
         })
     }
 

@@ -251,7 +251,8 @@ macro_rules! impl_lifecycle {
                     let plan = planner.plan(run, steps, now);
                     let writes = RunWrites {
                         step: row,
-                        ..RunWrites::new(run, now).inline(&plan.inline)
+                        inline: plan.inline_rows(),
+                        ..RunWrites::new(run, now)
                     };
                     if let Some(terminal) = &plan.terminal {
                         let open = steps.iter().any(|e| e.status.is_open());

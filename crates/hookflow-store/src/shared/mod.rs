@@ -28,6 +28,8 @@ use std::ops::DerefMut;
 
 use sqlx::{Database, Pool, QueryBuilder};
 
+use crate::batch::Batcher;
+
 use crate::{
     ClaimedJob, Millis, NewRun, NewStep, Page, Result, RunRecord, RunStatus, StepExecution,
 };
@@ -73,15 +75,22 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     const LIST_WORKFLOWS: &'static str;
     /// Leases due deliveries and returns them: `$1` now, `$2` limit, `$3` lease.
     const CLAIM_DELIVERIES: &'static str;
-    /// Logs a delivery attempt and applies its effect to the event, built from
-    /// [`outbox::log_attempt_sql!`] and [`outbox::update_delivery_sql!`].
-    const RECORD_ATTEMPT: &'static str;
 
     /// The pool that reads go to.
     fn reader(&self) -> &Pool<Self::Db>;
 
     /// Starts a write transaction.
     fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+
+    /// The node's batch writer of delivery attempts that hold a lease.
+    fn attempts(&self) -> &Batcher<outbox::LoggedAttempt>;
+
+    /// Logs delivery attempts (events all different, or all holding a lease) and applies their
+    /// effects, in one transaction.
+    fn log_attempts(
+        &self,
+        attempts: &[&outbox::LoggedAttempt],
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Starts a write whose statements are each safe on their own: PostgreSQL runs them one by
     /// one, sparing a transaction's round trips; SQLite's only way to write is its

@@ -1,7 +1,9 @@
 //! The outbox: claiming due events and logging delivery attempts ([`crate::Outbox`]).
 
+use crate::{AttemptRecord, Millis};
+
 /// The log row of a delivery attempt: `$1` the event, `$6`–`$15` the attempt (numbered after
-/// [`update_delivery_sql!`]'s parameters, so a backend can send both as one statement).
+/// [`update_delivery_sql!`]'s parameters, so that both can be sent as one query).
 macro_rules! log_attempt_sql {
     () => {
         "INSERT INTO delivery_attempts (delivery_id, run_id, attempt, trigger, url, status_code, \
@@ -23,10 +25,56 @@ macro_rules! update_delivery_sql {
 }
 pub(crate) use update_delivery_sql;
 
+/// A delivery attempt to log, with its effect on its event.
+pub(crate) struct LoggedAttempt {
+    pub event_id: String,
+    pub run_id: String,
+    /// The lease that must still hold (None: any).
+    pub lease_token: Option<i64>,
+    /// The event's status and due time after the attempt; None keeps its schedule.
+    pub next: Option<(&'static str, Option<Millis>)>,
+    /// The attempt, its texts as the database can store them.
+    pub attempt: AttemptRecord,
+}
+
+impl LoggedAttempt {
+    /// The size of its larger texts.
+    pub(crate) fn bytes(&self) -> usize {
+        self.attempt.response_body.as_ref().map_or(0, String::len)
+            + self.attempt.error.as_ref().map_or(0, String::len)
+    }
+}
+
+/// Binds a [`LoggedAttempt`] to [`log_attempt_sql!`] and [`update_delivery_sql!`] sent as
+/// one query.
+macro_rules! bind_attempt {
+    ($query:expr, $logged:expr) => {{
+        let (logged, attempt) = ($logged, &$logged.attempt);
+        $query
+            .bind(&logged.event_id)
+            .bind(logged.lease_token)
+            .bind(logged.next.map(|(status, _)| status))
+            .bind(logged.next.and_then(|(_, at)| at))
+            .bind(attempt.created_at)
+            .bind(&logged.run_id)
+            .bind(attempt.attempt)
+            .bind(attempt.trigger.as_str())
+            .bind(&attempt.url)
+            .bind(attempt.status_code)
+            .bind(&attempt.response_body)
+            .bind(attempt.duration_ms)
+            .bind(&attempt.error)
+            .bind(attempt.created_at)
+            .bind(attempt.next_attempt_at)
+    }};
+}
+pub(crate) use bind_attempt;
+
 /// Implements [`crate::Outbox`] for `$store`.
 macro_rules! impl_outbox {
     ($store:ident) => {
         const _: () = {
+            use $crate::shared::outbox::LoggedAttempt;
             use $crate::shared::{Backend as _, rows};
             use $crate::{
                 AttemptEffect, AttemptRecord, ClaimedDelivery, DeliveryStatus, EventRecord,
@@ -60,6 +108,8 @@ macro_rules! impl_outbox {
                     .await?)
                 }
 
+                /// Attempts that hold a lease (scheduled ones) join the node's next batch
+                /// ([`crate::batch`]); manual ones, which may repeat an event, are written alone.
                 async fn record_attempt(
                     &self,
                     event_id: &str,
@@ -75,27 +125,20 @@ macro_rules! impl_outbox {
                         AttemptEffect::GiveUp => Some((DeliveryStatus::Failed, None)),
                         AttemptEffect::Unchanged => None,
                     };
-                    let mut tx = self.autocommit().await?;
-                    sqlx::query(Self::RECORD_ATTEMPT)
-                        .bind(event_id)
-                        .bind(lease_token)
-                        .bind(next.map(|(status, _)| status.as_str()))
-                        .bind(next.and_then(|(_, at)| at))
-                        .bind(attempt.created_at)
-                        .bind(run_id)
-                        .bind(attempt.attempt)
-                        .bind(attempt.trigger.as_str())
-                        .bind(&attempt.url)
-                        .bind(attempt.status_code)
-                        .bind(Self::clean(attempt.response_body.as_deref()))
-                        .bind(attempt.duration_ms)
-                        .bind(Self::clean(attempt.error.as_deref()))
-                        .bind(attempt.created_at)
-                        .bind(attempt.next_attempt_at)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(())
+                    let mut attempt = attempt.clone();
+                    attempt.response_body = Self::clean(attempt.response_body.as_deref());
+                    attempt.error = Self::clean(attempt.error.as_deref());
+                    let logged = LoggedAttempt {
+                        event_id: event_id.to_string(),
+                        run_id: run_id.to_string(),
+                        lease_token,
+                        next: next.map(|(status, at)| (status.as_str(), at)),
+                        attempt,
+                    };
+                    match lease_token {
+                        Some(_) => self.attempts().write(logged).await,
+                        None => self.log_attempts(&[&logged]).await,
+                    }
                 }
 
                 async fn run_event(&self, run_id: &str) -> Result<Option<EventRecord>> {

@@ -75,16 +75,4 @@ impl<'a> RunWrites<'a> {
             end: None,
         }
     }
-
-    /// Records the planner's resolved steps.
-    pub(crate) fn inline(mut self, inline: &'a [(String, StepResult)]) -> Self {
-        self.inline = inline
-            .iter()
-            .map(|(step, result)| {
-                let (status, output) = result.inline_row();
-                (step.as_str(), status, output)
-            })
-            .collect();
-        self
-    }
 }

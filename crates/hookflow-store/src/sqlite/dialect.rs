@@ -3,13 +3,16 @@
 //! remains is SQL that SQLite spells differently (no data-changing CTEs, no `DISTINCT ON`, its
 //! own JSON functions).
 
+use std::sync::Arc;
+
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::SqliteStore;
 use super::script::Script;
-use super::writer::WriteTx;
-use crate::shared::outbox::{log_attempt_sql, update_delivery_sql};
+use super::writer::{GroupWriter, WriteTx};
+use crate::batch::{BatchWrite, Batcher};
+use crate::shared::outbox::{LoggedAttempt, bind_attempt, log_attempt_sql, update_delivery_sql};
 use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
 use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
@@ -37,9 +40,6 @@ impl Backend for SqliteStore {
         WHERE id IN (SELECT id FROM deliveries WHERE run_at <= $1 ORDER BY run_at LIMIT $2) \
         RETURNING id, lease_token, run_id, deployment_id, event_type, payload, url, attempts";
 
-    /// Two statements in one write.
-    const RECORD_ATTEMPT: &str = concat!(log_attempt_sql!(), "; ", update_delivery_sql!());
-
     fn reader(&self) -> &SqlitePool {
         &self.reader
     }
@@ -47,6 +47,17 @@ impl Backend for SqliteStore {
     /// One savepoint of a group-committed transaction (see [`super::writer`]).
     async fn begin(&self) -> Result<WriteTx> {
         self.writer.begin().await
+    }
+
+    fn attempts(&self) -> &Batcher<LoggedAttempt> {
+        &self.attempts
+    }
+
+    async fn log_attempts(&self, attempts: &[&LoggedAttempt]) -> Result<()> {
+        let writer = Attempts {
+            writer: self.writer.clone(),
+        };
+        writer.write(attempts).await
     }
 
     async fn autocommit(&self) -> Result<WriteTx> {
@@ -92,16 +103,7 @@ impl Backend for SqliteStore {
         // INSERT_RUN's $1 is the run's id, $2 its workspace, $3 its deployment, $16 its
         // creation time.
         let (id, now) = ("$1", "$16");
-        let inline: Vec<_> = run
-            .plan
-            .inline
-            .iter()
-            .map(|(step_id, result)| {
-                let (status, output) = result.inline_row();
-                (step_id.as_str(), status, output)
-            })
-            .collect();
-        push_inline(&mut script, id, now, &inline);
+        push_inline(&mut script, id, now, &run.plan.inline_rows());
         push_steps(&mut script, id, now, &run.plan.start, run.created_at);
         if let Some(event) = terminal.and_then(|t| t.event.as_ref()) {
             push_event(&mut script, [id, "$2", "$3"], now, event);
@@ -336,6 +338,32 @@ fn push_event(script: &mut Script, [run, ws, deployment]: [&str; 3], at: &str, e
         script.param(&event.url),
     );
     script.statement(&insert);
+}
+
+/// Logs a delivery attempt and applies its effect to the event: two statements, one round trip.
+const RECORD_ATTEMPT: &str = concat!(log_attempt_sql!(), "; ", update_delivery_sql!());
+
+/// Writes batches of delivery attempts: one write each.
+pub(super) struct Attempts {
+    pub(super) writer: Arc<GroupWriter>,
+}
+
+impl BatchWrite for Attempts {
+    type Item = LoggedAttempt;
+
+    async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for logged in attempts {
+            bind_attempt!(sqlx::query(RECORD_ATTEMPT), logged)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    fn bytes(logged: &LoggedAttempt) -> usize {
+        logged.bytes()
+    }
 }
 
 impl WriteTx {

@@ -19,6 +19,9 @@ use sqlx::sqlite::{
 
 use writer::GroupWriter;
 
+use crate::batch::Batcher;
+use crate::shared::outbox::LoggedAttempt;
+
 use crate::{Result, SignalHandler, Signals, StoreError};
 
 /// The SQLite implementation of [`crate::Store`].
@@ -26,6 +29,7 @@ use crate::{Result, SignalHandler, Signals, StoreError};
 pub struct SqliteStore {
     writer: Arc<GroupWriter>,
     reader: SqlitePool,
+    attempts: Batcher<LoggedAttempt>,
 }
 
 impl SqliteStore {
@@ -49,7 +53,14 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let attempts = Batcher::start(dialect::Attempts {
+            writer: writer.clone(),
+        });
+        Ok(Self {
+            writer,
+            reader,
+            attempts,
+        })
     }
 }
 

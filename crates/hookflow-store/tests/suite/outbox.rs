@@ -223,3 +223,64 @@ pub async fn manual_event(db: &TestDb) {
     );
     assert_eq!(s.next_delivery_at().await.unwrap(), None);
 }
+
+/// Attempts recorded at once (written in shared batches): each is logged and applied to its own
+/// event, and one under a lost lease is logged without changing its event.
+pub async fn concurrent_attempts(db: &TestDb) {
+    let s = &db.store;
+    let mut runs = Vec::new();
+    for _ in 0..40 {
+        runs.push(completed_run(db).await);
+    }
+    runs.sort();
+    let t = T0 + 10;
+    let claimed = s.claim_deliveries(t, 100, 1000).await.unwrap();
+    assert_eq!(claimed.len(), 40);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, d) in claimed.iter().enumerate() {
+        let (store, d) = (s.clone(), d.clone());
+        // The first event's attempt carries a lease that no longer holds.
+        let lease = if i == 0 {
+            d.lease_token - 1
+        } else {
+            d.lease_token
+        };
+        tasks.spawn(async move {
+            let result = store
+                .record_attempt(
+                    &d.id,
+                    &d.run_id,
+                    Some(lease),
+                    &attempt(1, Trigger::Scheduled, t, None),
+                    AttemptEffect::Delivered,
+                )
+                .await;
+            (d.run_id, result)
+        });
+    }
+    for (_, result) in tasks.join_all().await {
+        result.unwrap();
+    }
+    for (i, d) in claimed.iter().enumerate() {
+        let stored = s.run_event(&d.run_id).await.unwrap().unwrap();
+        let expected = if i == 0 {
+            (DeliveryStatus::Pending, 0)
+        } else {
+            (DeliveryStatus::Delivered, 1)
+        };
+        assert_eq!((stored.status, stored.attempts), expected, "event {i}");
+        let page = Page {
+            limit: 10,
+            cursor: None,
+        };
+        let logged = s.delivery_attempts(&d.run_id, &page).await.unwrap();
+        assert_eq!(logged.len(), 1, "event {i}");
+        assert_eq!(
+            (logged[0].1.attempt, logged[0].1.status_code),
+            (1, Some(500))
+        );
+    }
+    let mut claimed_runs: Vec<String> = claimed.into_iter().map(|d| d.run_id).collect();
+    claimed_runs.sort();
+    assert_eq!(claimed_runs, runs);
+}

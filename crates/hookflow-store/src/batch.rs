@@ -1,0 +1,126 @@
+//! Group writes: what concurrent callers hand to one [`Batcher`] is written by its one writer
+//! task in batches, one transaction per batch, so the database commits (and flushes) once per
+//! batch instead of once per item.
+//!
+//! Batches form on their own: while one batch is being written, new items queue, and the
+//! writer then takes all that queued (at most [`MAX_BATCH`] items, or until [`MAX_BATCH_BYTES`]).
+//! Under light load an item is written alone, at once; no timer ever holds one back. Each caller
+//! is answered after the commit that holds its item. When a batch fails, its items are written
+//! again one by one, so one bad item cannot fail the others.
+//!
+//! One writer per batcher: measured with the benchmark's accept figure on PostgreSQL (64
+//! connections, quick mode), one writer accepted 15,195 runs/s, two 10,787-12,114/s, three
+//! 10,189/s, four 7,167-9,361/s, eight 8,975/s: fewer, larger statements cost the database less
+//! than more, concurrent ones.
+
+use std::fmt;
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Result, StoreError};
+
+/// Most items in one batch.
+const MAX_BATCH: usize = 256;
+
+/// A batch takes no more items once its text passes this size, so that large items do not make
+/// one huge statement.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Items waiting for the writer at most; callers beyond it wait to hand theirs over.
+const QUEUE: usize = 4096;
+
+/// How a batch is written.
+pub(crate) trait BatchWrite: Send + Sync + 'static {
+    /// What callers hand over.
+    type Item: Send + Sync + 'static;
+
+    /// Writes `items` in one transaction.
+    fn write(&self, items: &[&Self::Item]) -> impl Future<Output = Result<()>> + Send;
+
+    /// The size of the item's larger texts (what may make a batch large).
+    fn bytes(item: &Self::Item) -> usize;
+}
+
+/// An item handed to the writer, and who waits for its commit.
+struct Pending<I> {
+    item: I,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// Hands items to one writer task.
+pub(crate) struct Batcher<I> {
+    queue: mpsc::Sender<Pending<I>>,
+}
+
+impl<I> Clone for Batcher<I> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<I> fmt::Debug for Batcher<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl<I: Send + Sync + 'static> Batcher<I> {
+    /// Starts the writer; it stops when the last `Batcher` clone is dropped.
+    pub(crate) fn start<W: BatchWrite<Item = I>>(writer: W) -> Self {
+        let (queue, pending) = mpsc::channel(QUEUE);
+        tokio::spawn(write_all(writer, pending));
+        Self { queue }
+    }
+
+    /// Writes `item`, returning once it is committed.
+    pub(crate) async fn write(&self, item: I) -> Result<()> {
+        let (done, committed) = oneshot::channel();
+        let stopped = || StoreError::Commit("the batch writer has stopped".into());
+        self.queue
+            .send(Pending { item, done })
+            .await
+            .map_err(|_| stopped())?;
+        committed.await.map_err(|_| stopped())?
+    }
+}
+
+/// Writes whatever queued while the previous batch was being written, as one batch.
+async fn write_all<W: BatchWrite>(writer: W, mut pending: mpsc::Receiver<Pending<W::Item>>) {
+    while let Some(first) = pending.recv().await {
+        let mut bytes = W::bytes(&first.item);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = pending.try_recv() else {
+                break;
+            };
+            bytes += W::bytes(&next.item);
+            batch.push(next);
+        }
+        write(&writer, batch).await;
+    }
+}
+
+/// Writes a batch and answers its callers; a failed batch is written again item by item.
+async fn write<W: BatchWrite>(writer: &W, batch: Vec<Pending<W::Item>>) {
+    let items: Vec<&W::Item> = batch.iter().map(|p| &p.item).collect();
+    let result = writer.write(&items).await;
+    if result.is_ok() || batch.len() == 1 {
+        let mut result = Some(result);
+        for pending in batch {
+            let answer = match result.take() {
+                Some(Err(e)) => Err(e),
+                _ => Ok(()),
+            };
+            // A caller that went away no longer needs its answer; its item stays committed.
+            let _ = pending.done.send(answer);
+        }
+        return;
+    }
+    for pending in batch {
+        let result = writer.write(&[&pending.item]).await;
+        let _ = pending.done.send(result);
+    }
+}
