@@ -29,7 +29,6 @@ use std::ops::DerefMut;
 use sqlx::{Database, Pool, QueryBuilder};
 
 use crate::batch::Batcher;
-
 use crate::{
     ClaimedJob, Millis, NewRun, NewStep, Page, Result, RunRecord, RunStatus, StepExecution,
 };

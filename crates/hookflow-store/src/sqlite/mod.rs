@@ -21,7 +21,6 @@ use writer::GroupWriter;
 
 use crate::batch::Batcher;
 use crate::shared::outbox::LoggedAttempt;
-
 use crate::{Result, SignalHandler, Signals, StoreError};
 
 /// The SQLite implementation of [`crate::Store`].
