@@ -5,7 +5,7 @@
 //! Batches form on their own: while one batch is being written, new items queue, and the
 //! writer then takes all that queued (at most [`MAX_BATCH`] items, or until [`MAX_BATCH_BYTES`]).
 //! Under light load an item is written alone, at once; no timer ever holds one back. Each caller
-//! is answered after the commit that holds its item. When a batch fails, its items are written
+//! is answered, with its item's output, after the commit that holds its item. When a batch fails, its items are written
 //! again one by one, so one bad item cannot fail the others.
 //!
 //! One writer per batcher: measured with the benchmark's accept figure on PostgreSQL (64
@@ -34,26 +34,31 @@ const QUEUE: usize = 4096;
 pub(crate) trait BatchWrite: Send + Sync + 'static {
     /// What callers hand over.
     type Item: Send + Sync + 'static;
+    /// What each caller gets back.
+    type Output: Send + 'static;
 
-    /// Writes `items` in one transaction.
-    fn write(&self, items: &[&Self::Item]) -> impl Future<Output = Result<()>> + Send;
+    /// Writes `items` in one transaction, returning one output per item, in order.
+    fn write(
+        &self,
+        items: &[&Self::Item],
+    ) -> impl Future<Output = Result<Vec<Self::Output>>> + Send;
 
     /// The size of the item's larger texts (what may make a batch large).
     fn bytes(item: &Self::Item) -> usize;
 }
 
 /// An item handed to the writer, and who waits for its commit.
-struct Pending<I> {
+struct Pending<I, O> {
     item: I,
-    done: oneshot::Sender<Result<()>>,
+    done: oneshot::Sender<Result<O>>,
 }
 
-/// Hands items to one writer task.
-pub(crate) struct Batcher<I> {
-    queue: mpsc::Sender<Pending<I>>,
+/// Hands items of type `I` to one writer task, which answers each with an `O`.
+pub(crate) struct Batcher<I, O = ()> {
+    queue: mpsc::Sender<Pending<I, O>>,
 }
 
-impl<I> Clone for Batcher<I> {
+impl<I, O> Clone for Batcher<I, O> {
     fn clone(&self) -> Self {
         Self {
             queue: self.queue.clone(),
@@ -61,22 +66,22 @@ impl<I> Clone for Batcher<I> {
     }
 }
 
-impl<I> fmt::Debug for Batcher<I> {
+impl<I, O> fmt::Debug for Batcher<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batcher").finish_non_exhaustive()
     }
 }
 
-impl<I: Send + Sync + 'static> Batcher<I> {
+impl<I: Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the writer; it stops when the last `Batcher` clone is dropped.
-    pub(crate) fn start<W: BatchWrite<Item = I>>(writer: W) -> Self {
+    pub(crate) fn start<W: BatchWrite<Item = I, Output = O>>(writer: W) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
         tokio::spawn(write_all(writer, pending));
         Self { queue }
     }
 
-    /// Writes `item`, returning once it is committed.
-    pub(crate) async fn write(&self, item: I) -> Result<()> {
+    /// Writes `item`, returning its output once it is committed.
+    pub(crate) async fn write(&self, item: I) -> Result<O> {
         let (done, committed) = oneshot::channel();
         let stopped = || StoreError::Commit("the batch writer has stopped".into());
         self.queue
@@ -88,7 +93,10 @@ impl<I: Send + Sync + 'static> Batcher<I> {
 }
 
 /// Writes whatever queued while the previous batch was being written, as one batch.
-async fn write_all<W: BatchWrite>(writer: W, mut pending: mpsc::Receiver<Pending<W::Item>>) {
+async fn write_all<W: BatchWrite>(
+    writer: W,
+    mut pending: mpsc::Receiver<Pending<W::Item, W::Output>>,
+) {
     while let Some(first) = pending.recv().await {
         let mut bytes = W::bytes(&first.item);
         let mut batch = vec![first];
@@ -104,23 +112,36 @@ async fn write_all<W: BatchWrite>(writer: W, mut pending: mpsc::Receiver<Pending
 }
 
 /// Writes a batch and answers its callers; a failed batch is written again item by item.
-async fn write<W: BatchWrite>(writer: &W, batch: Vec<Pending<W::Item>>) {
-    let items: Vec<&W::Item> = batch.iter().map(|p| &p.item).collect();
-    let result = writer.write(&items).await;
-    if result.is_ok() || batch.len() == 1 {
-        let mut result = Some(result);
+async fn write<W: BatchWrite>(writer: &W, batch: Vec<Pending<W::Item, W::Output>>) {
+    if batch.len() > 1 {
+        let items: Vec<&W::Item> = batch.iter().map(|p| &p.item).collect();
+        if let Ok(outputs) = writer.write(&items).await {
+            return answer(batch, outputs);
+        }
+    }
+    for pending in batch {
+        match writer.write(&[&pending.item]).await {
+            Ok(outputs) => answer(vec![pending], outputs),
+            Err(e) => {
+                let _ = pending.done.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Answers the callers of a committed batch with their outputs.
+fn answer<I, O>(batch: Vec<Pending<I, O>>, outputs: Vec<O>) {
+    if outputs.len() != batch.len() {
+        // A bug in the writer: reported to the callers rather than guessed at.
         for pending in batch {
-            let answer = match result.take() {
-                Some(Err(e)) => Err(e),
-                _ => Ok(()),
-            };
-            // A caller that went away no longer needs its answer; its item stays committed.
-            let _ = pending.done.send(answer);
+            let _ = pending.done.send(Err(StoreError::Commit(
+                "the batch writer answered for a different number of items".into(),
+            )));
         }
         return;
     }
-    for pending in batch {
-        let result = writer.write(&[&pending.item]).await;
-        let _ = pending.done.send(result);
+    for (pending, output) in batch.into_iter().zip(outputs) {
+        // A caller that went away no longer needs its answer; its item stays committed.
+        let _ = pending.done.send(Ok(output));
     }
 }

@@ -20,6 +20,8 @@ pub mod postgres;
 mod shared;
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -212,11 +214,13 @@ pub trait Queue: Send + Sync + 'static {
     /// When the earliest job becomes due, if any.
     async fn next_job_at(&self) -> Result<Option<Millis>>;
     /// Applies a step's outcome (or, for a start job, starts the run) and plans what follows.
+    /// Outcomes that arrive together are applied in one transaction (a batch); each caller
+    /// returns once the batch holding its outcome is committed.
     async fn finish_job(
         &self,
         job: &ClaimedJob,
         result: Option<StepResult>,
-        planner: &dyn Planner,
+        planner: Arc<dyn Planner>,
         now: Millis,
     ) -> Result<Applied>;
     /// Completes an open attempt from outside (an async step's completion). `completion_hash`

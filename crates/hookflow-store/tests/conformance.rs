@@ -105,7 +105,7 @@ async fn postgres_watch_signals() {
     let planner = common::DagPlanner::parallel(&["a"]);
     let done = Some(StepResult::Completed(serde_json::json!(1)));
     other
-        .finish_job(&job, done, &planner, common::T0 + 1)
+        .finish_job(&job, done, planner.shared(), common::T0 + 1)
         .await
         .unwrap();
     expect_signals(&mut rx, &[Signal::Outbox, Signal::RunEnded(run.id.clone())]).await;

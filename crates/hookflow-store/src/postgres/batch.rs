@@ -1,7 +1,8 @@
 //! What PostgreSQL writes in shared batches (see [`crate::batch`]): new runs, which concurrent
 //! [`Backend::create_unchecked`] calls on one node hand over, are written by one statement, in
 //! one transaction, so PostgreSQL parses, executes and flushes its WAL once per batch instead of
-//! once per run; so are delivery attempts.
+//! once per run; so are delivery attempts. Finished jobs are applied a batch per transaction
+//! (see [`crate::shared::queue`]).
 //!
 //! [`Backend::create_unchecked`]: crate::shared::Backend::create_unchecked
 
@@ -9,9 +10,11 @@ use sqlx::postgres::{PgArguments, PgPool, Postgres};
 use sqlx::query::Query;
 
 use super::listen::Notifier;
+use super::{PgStore, Tx};
 use crate::batch::BatchWrite;
 use crate::shared::outbox::LoggedAttempt;
-use crate::{NewEvent, NewRun, NewStep, Result, RunStatus, Signal};
+use crate::shared::queue::Finish;
+use crate::{Applied, NewEvent, NewRun, NewStep, Result, RunStatus, Signal};
 
 /// Writes batches of delivery attempts: one statement each.
 pub(super) struct Attempts {
@@ -20,10 +23,11 @@ pub(super) struct Attempts {
 
 impl BatchWrite for Attempts {
     type Item = LoggedAttempt;
+    type Output = ();
 
     /// The log rows and the events' updates are one statement. An event twice in one batch
     /// (attempts under two leases) is updated by the attempt whose lease still holds.
-    async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<()> {
+    async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<Vec<()>> {
         let text = |f: fn(&LoggedAttempt) -> Option<&str>| {
             attempts.iter().map(|a| f(a)).collect::<Vec<_>>()
         };
@@ -64,7 +68,7 @@ impl BatchWrite for Attempts {
         .bind(number(|a| a.attempt.next_attempt_at))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(vec![(); attempts.len()])
     }
 
     fn bytes(logged: &LoggedAttempt) -> usize {
@@ -159,16 +163,17 @@ pub(super) struct NewRuns {
 
 impl BatchWrite for NewRuns {
     type Item = Row;
+    type Output = ();
 
     /// One statement for all `rows` (autocommit: one transaction), then wakes the other nodes.
-    async fn write(&self, rows: &[&Row]) -> Result<()> {
+    async fn write(&self, rows: &[&Row]) -> Result<Vec<()>> {
         statement(rows).execute(&self.pool).await?;
         let mut signals = Vec::new();
         for row in rows {
             row.signals(&mut signals);
         }
         self.notifier.send(signals);
-        Ok(())
+        Ok(vec![(); rows.len()])
     }
 
     /// The size of its larger texts (what may make a statement large).
@@ -280,4 +285,27 @@ fn bind_runs<'q>(
         .bind(optional(|r| r.output.as_deref()))
         .bind(optional(|r| r.error.as_deref()))
         .bind(rows.iter().map(|r| r.finished_at).collect::<Vec<_>>())
+}
+
+/// Applies batches of finished jobs, one transaction each, then wakes the other nodes.
+pub(super) struct Finishes {
+    pub(super) pool: PgPool,
+    pub(super) notifier: Notifier,
+}
+
+impl BatchWrite for Finishes {
+    type Item = Finish;
+    type Output = Applied;
+
+    async fn write(&self, batch: &[&Finish]) -> Result<Vec<Applied>> {
+        let mut tx = Tx::begin(&self.pool, &self.notifier).await?;
+        let applied = PgStore::finish_batch(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Each job's writes are statements of their own: no batch grows one large statement.
+    fn bytes(_finish: &Finish) -> usize {
+        0
+    }
 }

@@ -9,10 +9,12 @@ use sqlx::{QueryBuilder, Row};
 use super::{Autocommit, PgStore, Tx};
 use crate::batch::{BatchWrite, Batcher};
 use crate::shared::outbox::LoggedAttempt;
+use crate::shared::queue::Finish;
 use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
-    ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal, StepExecution,
+    Applied, ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
+    StepExecution,
 };
 
 impl Backend for PgStore {
@@ -41,11 +43,7 @@ impl Backend for PgStore {
     }
 
     async fn begin(&self) -> Result<Tx> {
-        Ok(Tx {
-            inner: self.pool.begin().await?,
-            signals: Vec::new(),
-            notifier: self.notifier.clone(),
-        })
+        Tx::begin(&self.pool, &self.notifier).await
     }
 
     fn attempts(&self) -> &Batcher<LoggedAttempt> {
@@ -56,7 +54,7 @@ impl Backend for PgStore {
         let writer = super::batch::Attempts {
             pool: self.pool.clone(),
         };
-        writer.write(attempts).await
+        writer.write(attempts).await.map(drop)
     }
 
     async fn autocommit(&self) -> Result<Autocommit> {
@@ -87,28 +85,62 @@ impl Backend for PgStore {
 
     /// Two statements: the second one's snapshot is taken once the run's lock is held (a
     /// join would read the executions as they were before waiting for the lock).
-    async fn load_run_state(
+    /// Two queries: the runs, locked in id order, then their executions.
+    async fn load_run_states(
         conn: &mut PgConnection,
-        run_id: &str,
-    ) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
-        let Some(run) = Self::load_run(conn, run_id).await? else {
-            return Ok(None);
-        };
+        run_ids: &[&str],
+    ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
         let sql = format!(
-            "SELECT {} FROM step_executions WHERE run_id = $1 ORDER BY step_id, attempt",
+            "SELECT {} FROM runs r WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r",
+            rows::RUN_COLUMNS
+        );
+        let runs = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(run_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT run_id, {} FROM step_executions WHERE run_id = ANY($1) \
+             ORDER BY run_id, step_id, attempt",
             rows::STEP_COLUMNS
         );
         let steps = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(run_id)
+            .bind(run_ids)
             .fetch_all(&mut *conn)
             .await?;
-        Ok(Some((
-            run,
-            steps
-                .iter()
-                .map(rows::step_execution)
-                .collect::<Result<_>>()?,
-        )))
+        let steps: Vec<(String, StepExecution)> = (steps.iter())
+            .map(|row| Ok((row.try_get("run_id")?, rows::step_execution(row)?)))
+            .collect::<Result<_>>()?;
+        // Executions come in run id order too: each run's are the next ones.
+        let mut steps = steps.into_iter().peekable();
+        let mut states = Vec::with_capacity(runs.len());
+        for run in &runs {
+            let run = rows::run(run)?;
+            let mut own = Vec::new();
+            while let Some((_, step)) = steps.next_if(|(id, _)| *id == run.id) {
+                own.push(step);
+            }
+            states.push((run, own));
+        }
+        Ok(states)
+    }
+
+    async fn take_jobs(conn: &mut PgConnection, jobs: &[(i64, i64)]) -> Result<Vec<i64>> {
+        let (ids, tokens): (Vec<i64>, Vec<i64>) = jobs.iter().copied().unzip();
+        Ok(sqlx::query_scalar(
+            "DELETE FROM jobs j USING unnest($1::bigint[], $2::bigint[]) AS t (id, token) \
+             WHERE j.id = t.id AND j.lease_token = t.token RETURNING j.id",
+        )
+        .bind(ids)
+        .bind(tokens)
+        .fetch_all(conn)
+        .await?)
+    }
+
+    fn finishes(&self) -> &Batcher<Finish, Applied> {
+        &self.finishes
     }
 
     /// Joins the node's next batch of new runs (see [`super::batch`]): one statement and

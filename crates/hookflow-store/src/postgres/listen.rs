@@ -46,7 +46,7 @@ fn decode(payload: &str) -> Option<Signal> {
 
 /// Sends committed transactions' signals to every listening node.
 #[derive(Debug, Clone)]
-pub(super) struct Notifier {
+pub(crate) struct Notifier {
     queue: mpsc::UnboundedSender<Vec<Signal>>,
 }
 

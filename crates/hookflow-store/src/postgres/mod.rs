@@ -7,7 +7,8 @@
 //! run row, then its jobs and step executions, then the deployment's advisory lock, then
 //! queued run rows (taken with `SKIP LOCKED`). Commits that create work or events, or end a
 //! run, then wake the other nodes (see [`listen`]). New runs that need no check (no
-//! idempotency key, no concurrency limit) are written in shared batches (see [`batch`]).
+//! idempotency key, no concurrency limit), delivery attempts and finished jobs are written in
+//! shared batches (see [`batch`]); a batch of finished jobs locks its runs in id order.
 //!
 //! The store traits come from the shared layer (`crate::shared`); `dialect` holds what
 //! PostgreSQL does its own way.
@@ -25,7 +26,8 @@ use sqlx::{Postgres, Transaction};
 
 use crate::batch::Batcher;
 use crate::shared::outbox::LoggedAttempt;
-use crate::{Result, Signal, StoreError};
+use crate::shared::queue::Finish;
+use crate::{Applied, Result, Signal, StoreError};
 use listen::Notifier;
 
 /// Connections per node.
@@ -38,6 +40,7 @@ pub struct PgStore {
     notifier: Notifier,
     new_runs: Batcher<batch::Row>,
     attempts: Batcher<LoggedAttempt>,
+    finishes: Batcher<Finish, Applied>,
 }
 
 impl PgStore {
@@ -68,11 +71,16 @@ impl PgStore {
             notifier: notifier.clone(),
         });
         let attempts = Batcher::start(batch::Attempts { pool: pool.clone() });
+        let finishes = Batcher::start(batch::Finishes {
+            pool: pool.clone(),
+            notifier: notifier.clone(),
+        });
         Ok(Self {
             pool,
             notifier,
             new_runs,
             attempts,
+            finishes,
         })
     }
 
@@ -92,6 +100,15 @@ pub(crate) struct Tx {
 }
 
 impl Tx {
+    /// Begins a transaction on a connection of `pool`.
+    pub(super) async fn begin(pool: &PgPool, notifier: &Notifier) -> Result<Self> {
+        Ok(Self {
+            inner: pool.begin().await?,
+            signals: Vec::new(),
+            notifier: notifier.clone(),
+        })
+    }
+
     /// Wakes the other nodes with `signal` if this transaction commits.
     pub(crate) fn signal(&mut self, signal: Signal) {
         if !self.signals.contains(&signal) {

@@ -109,7 +109,7 @@ macro_rules! impl_approvals {
                         .await?;
                     let step = Some((found.step_id.as_str(), found.attempt));
                     let applied =
-                        Self::apply_result(&mut tx, &run, steps, step, Some(result), planner, now)
+                        Self::apply_result(&mut tx, &run, steps, step, Some(&result), planner, now)
                             .await?;
                     tx.commit().await?;
                     Ok(Completion::Applied(applied))

@@ -20,6 +20,15 @@ macro_rules! impl_lifecycle {
             };
 
             impl $store {
+                /// Loads a run and its executions inside a write, locking the run until the
+                /// write ends (see `Backend::load_run_states`).
+                async fn load_run_state(
+                    conn: &mut Conn<Self>,
+                    run_id: &str,
+                ) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
+                    Ok(Self::load_run_states(conn, &[run_id]).await?.pop())
+                }
+
                 /// Loads a run inside a write, locking it until the write ends.
                 async fn load_run(
                     conn: &mut Conn<Self>,
@@ -188,12 +197,12 @@ macro_rules! impl_lifecycle {
                     run: &RunRecord,
                     mut steps: Vec<StepExecution>,
                     step: Option<(&str, i64)>,
-                    result: Option<StepResult>,
+                    result: Option<&StepResult>,
                     planner: &dyn Planner,
                     now: Millis,
                 ) -> Result<Applied> {
                     let mut row = None;
-                    if let (Some((step_id, attempt)), Some(result)) = (step, &result) {
+                    if let (Some((step_id, attempt)), Some(result)) = (step, result) {
                         row = StepRow::of(step_id, attempt, result, Self::clean);
                         rows::record_in(&mut steps, step_id, attempt, result, now);
                         match result {

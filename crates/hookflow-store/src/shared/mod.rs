@@ -30,7 +30,7 @@ use sqlx::{Database, Pool, QueryBuilder};
 
 use crate::batch::Batcher;
 use crate::{
-    ClaimedJob, Millis, NewRun, NewStep, Page, Result, RunRecord, RunStatus, StepExecution,
+    Applied, ClaimedJob, Millis, NewRun, NewStep, Page, Result, RunRecord, RunStatus, StepExecution,
 };
 
 /// Lease of a job that starts a promoted run or times out a waiting step.
@@ -106,13 +106,23 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
         key: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Loads a run and every execution of its steps inside a write, locking the run until the
-    /// write ends. The executions must be read once the lock is held, so that they include
-    /// what a write that held it before committed.
-    fn load_run_state(
+    /// Loads runs and every execution of their steps inside a write, locking the runs (in id
+    /// order, so that two writes locking several runs cannot deadlock) until the write ends.
+    /// The executions must be read once the locks are held, so that they include what a write
+    /// that held one before committed. Runs that do not exist are left out.
+    fn load_run_states(
         conn: &mut Conn<Self>,
-        run_id: &str,
-    ) -> impl Future<Output = Result<Option<(RunRecord, Vec<StepExecution>)>>> + Send;
+        run_ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<(RunRecord, Vec<StepExecution>)>>> + Send;
+
+    /// Deletes the jobs (id, lease token) whose lease still holds, returning their ids.
+    fn take_jobs(
+        conn: &mut Conn<Self>,
+        jobs: &[(i64, i64)],
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+    /// The node's batch writer of finished jobs (see [`queue::Finish`]).
+    fn finishes(&self) -> &Batcher<queue::Finish, Applied>;
 
     /// Creates a run that needs no check first (no idempotency key, no concurrency limit) in
     /// the backend's cheapest way, returning its status.

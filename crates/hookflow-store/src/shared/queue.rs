@@ -1,15 +1,112 @@
 //! The work queue: applying the outcomes of claimed jobs and of steps completed from outside
 //! ([`crate::Queue`]); claims are the backend's ([`crate::shared::Backend::claim_due_jobs`]).
+//!
+//! Finished jobs go through the node's batch writer ([`crate::batch`]): the outcomes that
+//! arrive while one batch is written are applied together in the next, in one transaction that
+//! loads (and locks) their runs in one go and takes their jobs in one statement. A run with
+//! several jobs in one batch is advanced once per round, each round seeing the last one's
+//! writes.
+
+use std::sync::Arc;
+
+use crate::{ClaimedJob, Millis, Planner, StepResult};
+
+/// A claimed job's outcome (None for a start job), handed to the node's batch writer.
+pub(crate) struct Finish {
+    pub(crate) job: ClaimedJob,
+    pub(crate) result: Option<StepResult>,
+    pub(crate) planner: Arc<dyn Planner>,
+    pub(crate) now: Millis,
+}
 
 /// Implements [`crate::Queue`] for `$store`.
 macro_rules! impl_queue {
     ($store:ident) => {
         const _: () = {
-            use $crate::shared::Backend as _;
+            use std::collections::{HashMap, HashSet};
+            use std::sync::Arc;
+
+            use $crate::shared::queue::Finish;
+            use $crate::shared::{Backend as _, Tx};
             use $crate::{
                 Applied, ClaimedJob, Completion, JobKind, Millis, Planner, Queue, Result,
-                StepResult, StoreError,
+                RunRecord, StepExecution, StepResult, StoreError,
             };
+
+            impl $store {
+                /// Applies a batch of finished jobs inside one write, returning each one's
+                /// outcome (see the module's documentation).
+                pub(crate) async fn finish_batch(
+                    tx: &mut Tx<Self>,
+                    batch: &[&Finish],
+                ) -> Result<Vec<Applied>> {
+                    let mut applied = vec![None; batch.len()];
+                    let mut left: Vec<usize> = (0..batch.len()).collect();
+                    while !left.is_empty() {
+                        let mut runs = HashSet::new();
+                        let (round, later): (Vec<usize>, Vec<usize>) = left
+                            .into_iter()
+                            .partition(|&i| runs.insert(batch[i].job.run_id.as_str()));
+                        let runs: Vec<&str> = runs.into_iter().collect();
+                        // Runs first, then their jobs: the lock order of every write.
+                        let mut states: HashMap<String, (RunRecord, Vec<StepExecution>)> =
+                            Self::load_run_states(tx, &runs)
+                                .await?
+                                .into_iter()
+                                .map(|state| (state.0.id.clone(), state))
+                                .collect();
+                        let jobs: Vec<(i64, i64)> = round
+                            .iter()
+                            .map(|&i| (batch[i].job.id, batch[i].job.lease_token))
+                            .collect();
+                        let held: HashSet<i64> =
+                            Self::take_jobs(tx, &jobs).await?.into_iter().collect();
+                        for i in round {
+                            let finish = batch[i];
+                            applied[i] = Some(if held.contains(&finish.job.id) {
+                                let state = states.remove(&finish.job.run_id).ok_or_else(|| {
+                                    StoreError::Corrupt(format!(
+                                        "job of missing run {}",
+                                        finish.job.run_id
+                                    ))
+                                })?;
+                                Self::apply_finished(tx, finish, state).await?
+                            } else {
+                                Applied::Stale
+                            });
+                        }
+                        left = later;
+                    }
+                    Ok(applied.into_iter().flatten().collect())
+                }
+
+                /// Applies one finished job whose job was held, to its locked run.
+                async fn apply_finished(
+                    tx: &mut Tx<Self>,
+                    finish: &Finish,
+                    (run, steps): (RunRecord, Vec<StepExecution>),
+                ) -> Result<Applied> {
+                    if run.status.is_terminal() {
+                        return Ok(Applied::Stale);
+                    }
+                    let job = &finish.job;
+                    let step = job.step_id.as_deref().map(|id| (id, job.attempt));
+                    if let (Some((step_id, attempt)), JobKind::Timeout) = (step, job.kind) {
+                        sqlx::query(
+                            "UPDATE approvals SET status = 'timed_out' WHERE run_id = $1 \
+                             AND step_id = $2 AND attempt = $3 AND status = 'pending'",
+                        )
+                        .bind(&run.id)
+                        .bind(step_id)
+                        .bind(attempt)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    let result = finish.result.as_ref();
+                    let planner = finish.planner.as_ref();
+                    Self::apply_result(tx, &run, steps, step, result, planner, finish.now).await
+                }
+            }
 
             #[async_trait::async_trait]
             impl Queue for $store {
@@ -27,43 +124,16 @@ macro_rules! impl_queue {
                     &self,
                     job: &ClaimedJob,
                     result: Option<StepResult>,
-                    planner: &dyn Planner,
+                    planner: Arc<dyn Planner>,
                     now: Millis,
                 ) -> Result<Applied> {
-                    let mut tx = self.begin().await?;
-                    let state = Self::load_run_state(&mut tx, &job.run_id).await?;
-                    let held = sqlx::query("DELETE FROM jobs WHERE id = $1 AND lease_token = $2")
-                        .bind(job.id)
-                        .bind(job.lease_token)
-                        .execute(&mut *tx)
-                        .await?;
-                    if held.rows_affected() == 0 {
-                        return Ok(Applied::Stale);
-                    }
-                    let (run, steps) = state.ok_or_else(|| {
-                        StoreError::Corrupt(format!("job of missing run {}", job.run_id))
-                    })?;
-                    if run.status.is_terminal() {
-                        tx.commit().await?;
-                        return Ok(Applied::Stale);
-                    }
-                    let step = job.step_id.as_deref().map(|id| (id, job.attempt));
-                    if let (Some((step_id, attempt)), JobKind::Timeout) = (step, job.kind) {
-                        sqlx::query(
-                            "UPDATE approvals SET status = 'timed_out' WHERE run_id = $1 \
-                             AND step_id = $2 AND attempt = $3 AND status = 'pending'",
-                        )
-                        .bind(&run.id)
-                        .bind(step_id)
-                        .bind(attempt)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    let applied =
-                        Self::apply_result(&mut tx, &run, steps, step, result, planner, now)
-                            .await?;
-                    tx.commit().await?;
-                    Ok(applied)
+                    let finish = Finish {
+                        job: job.clone(),
+                        result,
+                        planner,
+                        now,
+                    };
+                    self.finishes().write(finish).await
                 }
 
                 async fn complete_step(
@@ -124,7 +194,7 @@ macro_rules! impl_queue {
                     .await?;
                     let step = Some((step_id, attempt));
                     let applied =
-                        Self::apply_result(&mut tx, &run, steps, step, Some(result), planner, now)
+                        Self::apply_result(&mut tx, &run, steps, step, Some(&result), planner, now)
                             .await?;
                     tx.commit().await?;
                     Ok(Completion::Applied(applied))

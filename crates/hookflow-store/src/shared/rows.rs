@@ -137,10 +137,10 @@ pub(crate) fn record_in(
     }
 }
 
-/// A run and every execution of its steps in one query: `runs r` left-joined with
-/// `step_executions s`, `$1` the run's id, executions in (step, attempt) order; `lock` ends the
-/// query (`FOR UPDATE OF r` inside a PostgreSQL write). Read with [`run_state`].
-pub(crate) fn run_state_sql(lock: &str) -> String {
+/// Runs and every execution of their steps in one query: `runs r` left-joined with
+/// `step_executions s`, the runs chosen by `filter` (on `r`), in id order, each run's
+/// executions in (step, attempt) order. Read with [`run_states`].
+pub(crate) fn run_states_sql(filter: &str) -> String {
     let run = RUN_COLUMNS
         .split(", ")
         .map(|c| format!("r.{c}"))
@@ -153,22 +153,25 @@ pub(crate) fn run_state_sql(lock: &str) -> String {
         .join(", ");
     format!(
         "SELECT {run}, {steps} FROM runs r LEFT JOIN step_executions s ON s.run_id = r.id \
-         WHERE r.id = $1 ORDER BY s.step_id, s.attempt{lock}"
+         WHERE {filter} ORDER BY r.id, s.step_id, s.attempt"
     )
 }
 
-/// Reads the rows of [`run_state_sql`]: None when the run does not exist.
-pub(crate) fn run_state<R: Columns>(rows: &[R]) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let mut steps = Vec::with_capacity(rows.len());
+/// Reads the rows of [`run_states_sql`]: each run with its executions.
+pub(crate) fn run_states<R: Columns>(rows: &[R]) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
+    let mut states: Vec<(RunRecord, Vec<StepExecution>)> = Vec::new();
     for row in rows {
-        if row.get::<Option<String>>("s_step_id")?.is_some() {
-            steps.push(step_execution_as(row, "s_")?);
+        let id: String = row.get("id")?;
+        let step = match row.get::<Option<String>>("s_step_id")? {
+            Some(_) => Some(step_execution_as(row, "s_")?),
+            None => None,
+        };
+        match states.last_mut() {
+            Some((last, steps)) if last.id == id => steps.extend(step),
+            _ => states.push((run(row)?, step.into_iter().collect())),
         }
     }
-    Ok(Some((run(first)?, steps)))
+    Ok(states)
 }
 
 pub(crate) fn deployment(row: &impl Columns) -> Result<Deployment> {

@@ -215,11 +215,12 @@ macro_rules! impl_runs {
                     &self,
                     id: &str,
                 ) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(rows::run_state_sql("")))
+                    let sql = rows::run_states_sql("r.id = $1");
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                         .bind(id)
                         .fetch_all(self.reader())
                         .await?;
-                    rows::run_state(&rows)
+                    Ok(rows::run_states(&rows)?.pop())
                 }
 
                 async fn step_executions(&self, run_id: &str) -> Result<Vec<StepExecution>> {

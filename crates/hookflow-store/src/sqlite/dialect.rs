@@ -13,12 +13,13 @@ use super::script::Script;
 use super::writer::{GroupWriter, WriteTx};
 use crate::batch::{BatchWrite, Batcher};
 use crate::shared::outbox::{LoggedAttempt, bind_attempt, log_attempt_sql, update_delivery_sql};
+use crate::shared::queue::Finish;
 use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
 use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
-    ClaimedJob, JobKind, Millis, NewEvent, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
-    StepExecution,
+    Applied, ClaimedJob, JobKind, Millis, NewEvent, NewRun, NewStep, Result, RunRecord, RunStatus,
+    Signal, StepExecution,
 };
 
 impl Backend for SqliteStore {
@@ -57,7 +58,7 @@ impl Backend for SqliteStore {
         let writer = Attempts {
             writer: self.writer.clone(),
         };
-        writer.write(attempts).await
+        writer.write(attempts).await.map(drop)
     }
 
     async fn autocommit(&self) -> Result<WriteTx> {
@@ -74,16 +75,31 @@ impl Backend for SqliteStore {
         Ok(())
     }
 
-    /// One query: a write excludes every other, so the join reads a settled run.
-    async fn load_run_state(
+    /// One query: a write excludes every other, so the join reads settled runs.
+    async fn load_run_states(
         conn: &mut SqliteConnection,
-        run_id: &str,
-    ) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(rows::run_state_sql("")))
-            .bind(run_id)
+        run_ids: &[&str],
+    ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
+        let filter = "r.id IN (SELECT value FROM json_each($1))";
+        let rows = sqlx::query(sqlx::AssertSqlSafe(rows::run_states_sql(filter)))
+            .bind(json_list(run_ids)?)
             .fetch_all(conn)
             .await?;
-        rows::run_state(&rows)
+        rows::run_states(&rows)
+    }
+
+    async fn take_jobs(conn: &mut SqliteConnection, jobs: &[(i64, i64)]) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "DELETE FROM jobs WHERE (id, lease_token) IN \
+               (SELECT value ->> 0, value ->> 1 FROM json_each($1)) RETURNING id",
+        )
+        .bind(json_list(jobs)?)
+        .fetch_all(conn)
+        .await?)
+    }
+
+    fn finishes(&self) -> &Batcher<Finish, Applied> {
+        &self.finishes
     }
 
     /// One write of two round trips (its savepoint, then one multi-statement query): the
@@ -350,19 +366,48 @@ pub(super) struct Attempts {
 
 impl BatchWrite for Attempts {
     type Item = LoggedAttempt;
+    type Output = ();
 
-    async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<()> {
+    async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<Vec<()>> {
         let mut tx = self.writer.begin().await?;
         for logged in attempts {
             bind_attempt!(sqlx::query(RECORD_ATTEMPT), logged)
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(vec![(); attempts.len()])
     }
 
     fn bytes(logged: &LoggedAttempt) -> usize {
         logged.bytes()
+    }
+}
+
+/// A list as the JSON text `json_each` reads (SQLite binds no arrays).
+fn json_list<T: serde::Serialize>(items: &[T]) -> Result<String> {
+    serde_json::to_string(items).map_err(|e| crate::StoreError::Corrupt(e.to_string()))
+}
+
+/// Applies batches of finished jobs: one write each.
+pub(super) struct Finishes {
+    pub(super) writer: Arc<GroupWriter>,
+}
+
+impl BatchWrite for Finishes {
+    type Item = Finish;
+    type Output = Applied;
+
+    async fn write(&self, batch: &[&Finish]) -> Result<Vec<Applied>> {
+        let mut tx = self.writer.begin().await?;
+        let applied = SqliteStore::finish_batch(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Each job's writes are statements of their own: no batch grows one large statement.
+    fn bytes(_finish: &Finish) -> usize {
+        0
     }
 }
 

@@ -21,7 +21,8 @@ use writer::GroupWriter;
 
 use crate::batch::Batcher;
 use crate::shared::outbox::LoggedAttempt;
-use crate::{Result, SignalHandler, Signals, StoreError};
+use crate::shared::queue::Finish;
+use crate::{Applied, Result, SignalHandler, Signals, StoreError};
 
 /// The SQLite implementation of [`crate::Store`].
 #[derive(Clone)]
@@ -29,6 +30,7 @@ pub struct SqliteStore {
     writer: Arc<GroupWriter>,
     reader: SqlitePool,
     attempts: Batcher<LoggedAttempt>,
+    finishes: Batcher<Finish, Applied>,
 }
 
 impl SqliteStore {
@@ -55,10 +57,14 @@ impl SqliteStore {
         let attempts = Batcher::start(dialect::Attempts {
             writer: writer.clone(),
         });
+        let finishes = Batcher::start(dialect::Finishes {
+            writer: writer.clone(),
+        });
         Ok(Self {
             writer,
             reader,
             attempts,
+            finishes,
         })
     }
 }

@@ -259,11 +259,17 @@ pub fn new_run(deployment: &Deployment, first: &[&str]) -> NewRun {
 /// A planner over a fixed graph: each step starts once all its dependencies completed; the run
 /// completes (with a `workflow.completed` event) when every step completed and fails when a
 /// step's latest attempt failed for good.
+#[derive(Clone)]
 pub struct DagPlanner {
     pub steps: Vec<(&'static str, Vec<&'static str>)>,
 }
 
 impl DagPlanner {
+    /// A copy to hand to `finish_job`.
+    pub fn shared(&self) -> Arc<dyn Planner> {
+        Arc::new(self.clone())
+    }
+
     /// Steps with no dependencies on each other.
     pub fn parallel(ids: &[&'static str]) -> Self {
         Self {

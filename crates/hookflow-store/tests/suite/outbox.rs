@@ -23,7 +23,7 @@ async fn completed_run(db: &TestDb) -> String {
     let planner = DagPlanner::parallel(&["a"]);
     let result = Some(StepResult::Completed(json!(1)));
     db.store
-        .finish_job(&job, result, &planner, T0 + 1)
+        .finish_job(&job, result, planner.shared(), T0 + 1)
         .await
         .unwrap();
     run.id

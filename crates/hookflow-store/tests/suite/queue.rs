@@ -54,7 +54,7 @@ pub async fn claims_lease_jobs(db: &TestDb) {
 
     // The first holder lost its lease: its outcome is refused and changes nothing.
     assert_eq!(
-        s.finish_job(&job, completed(), &planner, T0 + LEASE)
+        s.finish_job(&job, completed(), planner.shared(), T0 + LEASE)
             .await
             .unwrap(),
         Applied::Stale
@@ -64,7 +64,7 @@ pub async fn claims_lease_jobs(db: &TestDb) {
         StepStatus::Running
     );
     assert_eq!(
-        s.finish_job(&again[0], completed(), &planner, T0 + LEASE)
+        s.finish_job(&again[0], completed(), planner.shared(), T0 + LEASE)
             .await
             .unwrap(),
         Applied::Done {
@@ -76,7 +76,7 @@ pub async fn claims_lease_jobs(db: &TestDb) {
     let later = s.claim_jobs(T0 + 3 * LEASE, 10).await.unwrap();
     assert_eq!(later[0].step_id.as_deref(), Some("later"));
     assert_eq!(
-        s.finish_job(&later[0], completed(), &planner, T0 + 3 * LEASE)
+        s.finish_job(&later[0], completed(), planner.shared(), T0 + 3 * LEASE)
             .await
             .unwrap(),
         Applied::Done {
@@ -128,7 +128,9 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
     let a = s.claim_jobs(T0, 10).await.unwrap().remove(0);
     let result = Some(StepResult::Completed(json!({"x": 1})));
     assert_eq!(
-        s.finish_job(&a, result, &planner, T0 + 1).await.unwrap(),
+        s.finish_job(&a, result, planner.shared(), T0 + 1)
+            .await
+            .unwrap(),
         Applied::Done {
             terminal: None,
             event: false
@@ -149,7 +151,7 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
     let b = s.claim_jobs(T0 + 1, 10).await.unwrap().remove(0);
     assert_eq!(b.step_id.as_deref(), Some("b"));
     assert_eq!(
-        s.finish_job(&b, Some(StepResult::Skipped), &planner, T0 + 2)
+        s.finish_job(&b, Some(StepResult::Skipped), planner.shared(), T0 + 2)
             .await
             .unwrap(),
         Applied::Done {
@@ -167,12 +169,12 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
     let run = new_run(&dep, &["a"]);
     s.create_run(&run).await.unwrap();
     let a = s.claim_jobs(T0 + 2, 10).await.unwrap().remove(0);
-    s.finish_job(&a, completed(), &planner, T0 + 3)
+    s.finish_job(&a, completed(), planner.shared(), T0 + 3)
         .await
         .unwrap();
     let b = s.claim_jobs(T0 + 3, 10).await.unwrap().remove(0);
     assert_eq!(
-        s.finish_job(&b, completed(), &planner, T0 + 4)
+        s.finish_job(&b, completed(), planner.shared(), T0 + 4)
             .await
             .unwrap(),
         Applied::Done {
@@ -197,7 +199,7 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
     assert_eq!(event.status, hookflow_store::DeliveryStatus::Pending);
     // A job of an ended run is stale.
     assert_eq!(
-        s.finish_job(&b, completed(), &planner, T0 + 5)
+        s.finish_job(&b, completed(), planner.shared(), T0 + 5)
             .await
             .unwrap(),
         Applied::Stale
@@ -223,7 +225,7 @@ pub async fn retries_then_fails(db: &TestDb) {
         retry: Some(retry),
     };
     assert_eq!(
-        s.finish_job(&first, Some(failed), &planner, T0 + 1)
+        s.finish_job(&first, Some(failed), planner.shared(), T0 + 1)
             .await
             .unwrap(),
         Applied::Done {
@@ -251,7 +253,7 @@ pub async fn retries_then_fails(db: &TestDb) {
         retry: None,
     };
     assert_eq!(
-        s.finish_job(&second, Some(failed), &planner, T0 + 101)
+        s.finish_job(&second, Some(failed), planner.shared(), T0 + 101)
             .await
             .unwrap(),
         Applied::Done {
@@ -293,7 +295,7 @@ async fn finish_together(
         let (node, barrier, planner) = (db.node().await, barrier.clone(), planner.clone());
         tasks.spawn(async move {
             barrier.wait().await;
-            node.finish_job(&job, completed(), planner.as_ref(), now)
+            node.finish_job(&job, completed(), planner.shared(), now)
                 .await
                 .unwrap()
         });

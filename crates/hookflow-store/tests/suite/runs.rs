@@ -363,7 +363,7 @@ pub async fn concurrency_limit_queues(db: &TestDb) {
         .finish_job(
             &jobs[0],
             Some(hookflow_store::StepResult::Completed(json!(1))),
-            &planner,
+            planner.shared(),
             T0 + 10,
         )
         .await
@@ -394,7 +394,9 @@ pub async fn concurrency_limit_queues(db: &TestDb) {
         (r2.id.as_str(), None, 0)
     );
     assert_eq!(start.kind, JobKind::Execute);
-    s.finish_job(start, None, &planner, T0 + 11).await.unwrap();
+    s.finish_job(start, None, planner.shared(), T0 + 11)
+        .await
+        .unwrap();
     let jobs = s.claim_jobs(T0 + 11, 10).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].step_id.as_deref(), Some("a"));
@@ -529,7 +531,7 @@ pub async fn cancel(db: &TestDb) {
     let planner = DagPlanner::parallel(&["a", "b"]);
     let result = Some(hookflow_store::StepResult::Completed(json!(1)));
     assert_eq!(
-        s.finish_job(&held[0], result, &planner, T0 + 3)
+        s.finish_job(&held[0], result, planner.shared(), T0 + 3)
             .await
             .unwrap(),
         hookflow_store::Applied::Stale

@@ -30,7 +30,7 @@ async fn waiting_run(
     let planner = DagPlanner::parallel(&[step]);
     let applied = db
         .store
-        .finish_job(&job, Some(waiting), &planner, T0 + 1)
+        .finish_job(&job, Some(waiting), planner.shared(), T0 + 1)
         .await
         .unwrap();
     assert_eq!(
@@ -113,7 +113,7 @@ pub async fn async_timeout(db: &TestDb) {
         retry: None,
     };
     assert_eq!(
-        s.finish_job(&timeout, Some(timed_out), &planner, T0 + 1000)
+        s.finish_job(&timeout, Some(timed_out), planner.shared(), T0 + 1000)
             .await
             .unwrap(),
         Applied::Done {
@@ -205,7 +205,7 @@ async fn approval_run(db: &TestDb, id: &str) -> String {
     };
     let planner = DagPlanner::parallel(&["ask"]);
     db.store
-        .finish_job(&job, Some(waiting), &planner, T0 + 1)
+        .finish_job(&job, Some(waiting), planner.shared(), T0 + 1)
         .await
         .unwrap();
     run.id
@@ -321,7 +321,7 @@ pub async fn approvals_time_out(db: &TestDb) {
         error: "no answer".into(),
         retry: None,
     };
-    s.finish_job(&timeout, Some(timed_out), &planner, T0 + 5000)
+    s.finish_job(&timeout, Some(timed_out), planner.shared(), T0 + 5000)
         .await
         .unwrap();
     assert_eq!(

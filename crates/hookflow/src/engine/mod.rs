@@ -11,6 +11,7 @@ use hookflow_store::{ClaimedJob, StepResult};
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms};
+use planner::OwnedPlanner;
 pub use planner::{RunPlanner, run_context, step_states};
 pub use steps::fail as failed_attempt;
 
@@ -46,7 +47,7 @@ pub async fn run(app: Arc<App>) {
             let permit = slots.clone().acquire_owned().await.expect("semaphore open");
             let app = app.clone();
             tokio::spawn(async move {
-                execute(&app, job).await;
+                execute(app, job).await;
                 drop(permit);
             });
         }
@@ -78,13 +79,13 @@ async fn sleep_until_due(app: &App) {
 
 /// Executes one job and commits its outcome. Errors leave the job leased: it runs again when
 /// the lease expires.
-async fn execute(app: &App, job: ClaimedJob) {
-    if let Err(e) = try_execute(app, &job).await {
+async fn execute(app: Arc<App>, job: ClaimedJob) {
+    if let Err(e) = try_execute(&app, &job).await {
         tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
     }
 }
 
-async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
+async fn try_execute(app: &Arc<App>, job: &ClaimedJob) -> anyhow::Result<()> {
     let (run, executions) = app
         .store
         .run_state(&job.run_id)
@@ -106,11 +107,6 @@ async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
             Some(steps::execute(app, &run, step, job, &ctx).await)
         }
     };
-    let planner = RunPlanner {
-        def: &def,
-        templates: &app.templates,
-        secrets: &secrets,
-    };
     if let Some(result) = &result {
         let outcome = match result {
             StepResult::Completed(_) => "completed",
@@ -120,9 +116,14 @@ async fn try_execute(app: &App, job: &ClaimedJob) -> anyhow::Result<()> {
         };
         metrics::counter!("hookflow_step_attempts_total", "outcome" => outcome).increment(1);
     }
+    let planner = OwnedPlanner {
+        app: app.clone(),
+        def,
+        secrets,
+    };
     let applied = app
         .store
-        .finish_job(job, result, &planner, now_ms())
+        .finish_job(job, result, Arc::new(planner), now_ms())
         .await?;
     app.signal(&run.id, &applied);
     Ok(())

@@ -2,6 +2,7 @@
 //! pure state machine of `hookflow_core::run`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hookflow_core::run::{Outcome, StepState, context, decide};
@@ -12,6 +13,7 @@ use hookflow_store::{
 };
 use serde_json::{Value, json};
 
+use crate::app::App;
 use crate::events::{structured_output, terminal_event};
 
 /// Per-attempt timeout of a step without its own `timeout`.
@@ -126,6 +128,25 @@ pub struct RunPlanner<'a> {
     pub def: &'a WorkflowDef,
     pub templates: &'a Templates,
     pub secrets: &'a Value,
+}
+
+/// A [`RunPlanner`] that owns what it reads, so that the store's batch writer can keep it
+/// until the batch holding the job is written.
+pub(super) struct OwnedPlanner {
+    pub app: Arc<App>,
+    pub def: Arc<WorkflowDef>,
+    pub secrets: Value,
+}
+
+impl Planner for OwnedPlanner {
+    fn plan(&self, run: &RunRecord, steps: &[StepExecution], now: Millis) -> Plan {
+        let planner = RunPlanner {
+            def: &self.def,
+            templates: &self.app.templates,
+            secrets: &self.secrets,
+        };
+        planner.plan(run, steps, now)
+    }
 }
 
 impl RunPlanner<'_> {
