@@ -12,9 +12,10 @@ use sqlx::query::Query;
 use super::listen::Notifier;
 use super::{PgStore, Tx};
 use crate::batch::BatchWrite;
+use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::{Applied, NewEvent, NewRun, NewStep, Result, RunStatus, Signal};
+use crate::{Applied, NewEvent, Result, Signal};
 
 /// Writes batches of delivery attempts: one statement each.
 pub(super) struct Attempts {
@@ -76,72 +77,7 @@ impl BatchWrite for Attempts {
     }
 }
 
-/// A new run as the batch statement binds it, with its first steps and its event.
-pub(super) struct Row {
-    id: String,
-    workspace_id: String,
-    deployment_id: String,
-    deployment_name: String,
-    variant: String,
-    workflow: String,
-    version: i64,
-    status: &'static str,
-    source: &'static str,
-    delivery: &'static str,
-    callback_url: Option<String>,
-    inputs: String,
-    user: Option<String>,
-    metadata: String,
-    settings: String,
-    created_at: i64,
-    output: Option<String>,
-    error: Option<String>,
-    finished_at: Option<i64>,
-    /// Resolved pure steps: (step, status, output).
-    inline: Vec<(String, &'static str, Option<String>)>,
-    start: Vec<NewStep>,
-    event: Option<NewEvent>,
-}
-
 impl Row {
-    /// The run as it starts (or ends) at once, with PostgreSQL-safe text (see `clean`).
-    pub(super) fn new(
-        run: &NewRun,
-        clean: fn(Option<&str>) -> Option<String>,
-    ) -> (Self, RunStatus) {
-        let terminal = run.plan.terminal.as_ref();
-        let status = terminal.map_or(run.plan.status, |t| t.status);
-        let row = Self {
-            id: run.id.clone(),
-            workspace_id: run.workspace_id.clone(),
-            deployment_id: run.deployment_id.clone(),
-            deployment_name: run.deployment_name.clone(),
-            variant: run.variant.clone(),
-            workflow: run.workflow.clone(),
-            version: run.version,
-            status: status.as_str(),
-            source: run.source.as_str(),
-            delivery: run.delivery.as_str(),
-            callback_url: run.callback_url.clone(),
-            inputs: run.inputs.to_string(),
-            user: run.user.clone(),
-            metadata: run.metadata.to_string(),
-            settings: run.settings.to_string(),
-            created_at: run.created_at,
-            output: terminal
-                .and_then(|t| t.output.as_ref())
-                .map(|v| v.to_string()),
-            error: clean(terminal.and_then(|t| t.error.as_deref())),
-            finished_at: terminal.map(|_| run.created_at),
-            inline: (run.plan.inline_rows().into_iter())
-                .map(|(step, status, output)| (step.to_string(), status, output))
-                .collect(),
-            start: run.plan.start.clone(),
-            event: terminal.and_then(|t| t.event.clone()),
-        };
-        (row, status)
-    }
-
     /// What the other nodes must hear once this run is committed.
     fn signals(&self, signals: &mut Vec<Signal>) {
         for (wanted, signal) in [
@@ -176,20 +112,8 @@ impl BatchWrite for NewRuns {
         Ok(vec![(); rows.len()])
     }
 
-    /// The size of its larger texts (what may make a statement large).
     fn bytes(row: &Row) -> usize {
-        let optional = |text: &Option<String>| text.as_ref().map_or(0, String::len);
-        row.inputs.len()
-            + row.metadata.len()
-            + row.settings.len()
-            + optional(&row.output)
-            + optional(&row.error)
-            + row
-                .inline
-                .iter()
-                .map(|(_, _, o)| optional(o))
-                .sum::<usize>()
-            + row.event.as_ref().map_or(0, |e| e.payload.len())
+        row.bytes()
     }
 }
 

@@ -8,6 +8,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{Autocommit, PgStore, Tx};
 use crate::batch::{BatchWrite, Batcher};
+use crate::shared::new_runs;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
 use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
@@ -147,7 +148,7 @@ impl Backend for PgStore {
     /// one commit for the run, its resolved steps, its first steps and their jobs, and its
     /// event when it ended at once, shared with whatever runs were created alongside.
     async fn create_unchecked(&self, run: &NewRun) -> Result<RunStatus> {
-        let (row, status) = super::batch::Row::new(run, Self::clean);
+        let (row, status) = new_runs::Row::new(run, Self::clean);
         self.new_runs.write(row).await?;
         Ok(status)
     }

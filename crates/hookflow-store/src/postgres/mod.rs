@@ -25,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use crate::batch::Batcher;
+use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
 use crate::{Applied, Result, Signal, StoreError};
@@ -38,7 +39,7 @@ const POOL_SIZE: u32 = 16;
 pub struct PgStore {
     pool: PgPool,
     notifier: Notifier,
-    new_runs: Batcher<batch::Row>,
+    new_runs: Batcher<Row>,
     attempts: Batcher<LoggedAttempt>,
     finishes: Batcher<Finish, Applied>,
 }

@@ -16,6 +16,7 @@ pub(crate) mod accounts;
 pub(crate) mod approvals;
 pub(crate) mod definitions;
 pub(crate) mod lifecycle;
+pub(crate) mod new_runs;
 pub(crate) mod outbox;
 pub(crate) mod paging;
 pub(crate) mod queue;

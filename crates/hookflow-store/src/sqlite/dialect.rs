@@ -3,19 +3,17 @@
 //! remains is SQL that SQLite spells differently (no data-changing CTEs, no `DISTINCT ON`, its
 //! own JSON functions).
 
-use std::sync::Arc;
-
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::SqliteStore;
 use super::script::Script;
-use super::writer::{GroupWriter, WriteTx};
+use super::writer::WriteTx;
 use crate::batch::{BatchWrite, Batcher};
-use crate::shared::outbox::{LoggedAttempt, bind_attempt, log_attempt_sql, update_delivery_sql};
+use crate::shared::new_runs::Row;
+use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
 use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
-use crate::shared::runs::{INSERT_RUN, bind_new_run};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     Applied, ClaimedJob, JobKind, Millis, NewEvent, NewRun, NewStep, Result, RunRecord, RunStatus,
@@ -55,7 +53,7 @@ impl Backend for SqliteStore {
     }
 
     async fn log_attempts(&self, attempts: &[&LoggedAttempt]) -> Result<()> {
-        let writer = Attempts {
+        let writer = super::batch::Attempts {
             writer: self.writer.clone(),
         };
         writer.write(attempts).await.map(drop)
@@ -102,31 +100,10 @@ impl Backend for SqliteStore {
         &self.finishes
     }
 
-    /// One write of two round trips (its savepoint, then one multi-statement query): the
-    /// run, its resolved steps, its first steps and their jobs, and its event when it ended
-    /// at once.
+    /// Joins the node's next batch of new runs (see [`super::batch`]).
     async fn create_unchecked(&self, run: &NewRun) -> Result<RunStatus> {
-        let terminal = run.plan.terminal.as_ref();
-        let status = terminal.map_or(run.plan.status, |t| t.status);
-        let mut script = bind_new_run!(
-            Script::new(INSERT_RUN),
-            run,
-            status,
-            false,
-            terminal,
-            Self::clean
-        );
-        // INSERT_RUN's $1 is the run's id, $2 its workspace, $3 its deployment, $16 its
-        // creation time.
-        let (id, now) = ("$1", "$16");
-        push_inline(&mut script, id, now, &run.plan.inline_rows());
-        push_steps(&mut script, id, now, &run.plan.start, run.created_at);
-        if let Some(event) = terminal.and_then(|t| t.event.as_ref()) {
-            push_event(&mut script, [id, "$2", "$3"], now, event);
-        }
-        let mut tx = self.begin().await?;
-        script.query()?.execute(&mut *tx).await?;
-        tx.commit().await?;
+        let (row, status) = Row::new(run, Self::clean);
+        self.new_runs.write(row).await?;
         Ok(status)
     }
 
@@ -284,7 +261,7 @@ impl Backend for SqliteStore {
 
 /// Appends the statements inserting `steps` (executions and jobs) of the run whose id is the
 /// placeholder `run`, created at the placeholder `at` (worth `now`).
-fn push_steps(script: &mut Script, run: &str, at: &str, steps: &[NewStep], now: Millis) {
+pub(super) fn push_steps(script: &mut Script, run: &str, at: &str, steps: &[NewStep], now: Millis) {
     if steps.is_empty() {
         return;
     }
@@ -316,7 +293,7 @@ fn push_steps(script: &mut Script, run: &str, at: &str, steps: &[NewStep], now: 
 
 /// Appends the statement recording `inline` (steps the planner resolved: step, status, output)
 /// as finished first attempts of the run whose id is the placeholder `run`, at `at`.
-fn push_inline(
+pub(super) fn push_inline(
     script: &mut Script,
     run: &str,
     at: &str,
@@ -343,7 +320,12 @@ fn push_inline(
 
 /// Appends the statement inserting a run's event, due at `at`; `[run, workspace, deployment]`
 /// are the placeholders of the run's ids.
-fn push_event(script: &mut Script, [run, ws, deployment]: [&str; 3], at: &str, event: &NewEvent) {
+pub(super) fn push_event(
+    script: &mut Script,
+    [run, ws, deployment]: [&str; 3],
+    at: &str,
+    event: &NewEvent,
+) {
     let insert = format!(
         "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, payload, \
          url, status, run_at, created_at, updated_at) \
@@ -356,59 +338,9 @@ fn push_event(script: &mut Script, [run, ws, deployment]: [&str; 3], at: &str, e
     script.statement(&insert);
 }
 
-/// Logs a delivery attempt and applies its effect to the event: two statements, one round trip.
-const RECORD_ATTEMPT: &str = concat!(log_attempt_sql!(), "; ", update_delivery_sql!());
-
-/// Writes batches of delivery attempts: one write each.
-pub(super) struct Attempts {
-    pub(super) writer: Arc<GroupWriter>,
-}
-
-impl BatchWrite for Attempts {
-    type Item = LoggedAttempt;
-    type Output = ();
-
-    async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<Vec<()>> {
-        let mut tx = self.writer.begin().await?;
-        for logged in attempts {
-            bind_attempt!(sqlx::query(RECORD_ATTEMPT), logged)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(vec![(); attempts.len()])
-    }
-
-    fn bytes(logged: &LoggedAttempt) -> usize {
-        logged.bytes()
-    }
-}
-
 /// A list as the JSON text `json_each` reads (SQLite binds no arrays).
 fn json_list<T: serde::Serialize>(items: &[T]) -> Result<String> {
     serde_json::to_string(items).map_err(|e| crate::StoreError::Corrupt(e.to_string()))
-}
-
-/// Applies batches of finished jobs: one write each.
-pub(super) struct Finishes {
-    pub(super) writer: Arc<GroupWriter>,
-}
-
-impl BatchWrite for Finishes {
-    type Item = Finish;
-    type Output = Applied;
-
-    async fn write(&self, batch: &[&Finish]) -> Result<Vec<Applied>> {
-        let mut tx = self.writer.begin().await?;
-        let applied = SqliteStore::finish_batch(&mut tx, batch).await?;
-        tx.commit().await?;
-        Ok(applied)
-    }
-
-    /// Each job's writes are statements of their own: no batch grows one large statement.
-    fn bytes(_finish: &Finish) -> usize {
-        0
-    }
 }
 
 impl WriteTx {

@@ -2,8 +2,10 @@
 //! and a pool of readers over WAL.
 //!
 //! The store traits come from the shared layer (`crate::shared`); `dialect` holds what
-//! SQLite does its own way, and `writer` the group commit every write goes through.
+//! SQLite does its own way, `writer` the group commit every write goes through, and `batch`
+//! what is written in shared batches.
 
+mod batch;
 mod dialect;
 mod script;
 mod writer;
@@ -20,6 +22,7 @@ use sqlx::sqlite::{
 use writer::GroupWriter;
 
 use crate::batch::Batcher;
+use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
 use crate::{Applied, Result, SignalHandler, Signals, StoreError};
@@ -29,6 +32,7 @@ use crate::{Applied, Result, SignalHandler, Signals, StoreError};
 pub struct SqliteStore {
     writer: Arc<GroupWriter>,
     reader: SqlitePool,
+    new_runs: Batcher<Row>,
     attempts: Batcher<LoggedAttempt>,
     finishes: Batcher<Finish, Applied>,
 }
@@ -54,15 +58,19 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        let attempts = Batcher::start(dialect::Attempts {
+        let new_runs = Batcher::start(batch::NewRuns {
             writer: writer.clone(),
         });
-        let finishes = Batcher::start(dialect::Finishes {
+        let attempts = Batcher::start(batch::Attempts {
+            writer: writer.clone(),
+        });
+        let finishes = Batcher::start(batch::Finishes {
             writer: writer.clone(),
         });
         Ok(Self {
             writer,
             reader,
+            new_runs,
             attempts,
             finishes,
         })

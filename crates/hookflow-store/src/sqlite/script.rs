@@ -38,6 +38,32 @@ impl Script {
         format!("${}", self.args.len())
     }
 
+    /// Appends a statement whose parameters are numbered on their own from `$1` (a shared SQL
+    /// constant), renumbered to follow the parameters bound so far; bind them next, in order.
+    pub(crate) fn numbered(mut self, sql: &str) -> Self {
+        let offset = self.args.len();
+        let mut renumbered = String::with_capacity(sql.len() + 16);
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            renumbered.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            match rest[..digits].parse::<usize>() {
+                Ok(n) => renumbered.push_str(&(n + offset).to_string()),
+                Err(_) => renumbered.push_str(&rest[..digits]),
+            }
+            rest = &rest[digits..];
+        }
+        renumbered.push_str(rest);
+        self.statement(&renumbered);
+        self
+    }
+
+    /// How many parameters are bound.
+    pub(crate) fn params(&self) -> usize {
+        self.args.len()
+    }
+
     /// Appends a statement.
     pub(crate) fn statement(&mut self, sql: &str) {
         if !self.sql.is_empty() {
@@ -63,5 +89,23 @@ impl Script {
     pub(crate) fn query(self) -> Result<sqlx::query::Query<'static, Sqlite, SqliteArguments>> {
         let (sql, args) = self.into_parts()?;
         Ok(sqlx::query_with(sql, args))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Script;
+
+    #[test]
+    fn numbered_statements_follow_the_parameters_before_them() {
+        let script = Script::new("SELECT $1")
+            .bind(1)
+            .numbered("INSERT INTO t VALUES ($1, $2, '$x'); UPDATE t SET a = $10")
+            .numbered("DELETE FROM t WHERE a = $1");
+        assert_eq!(
+            script.sql,
+            "SELECT $1; INSERT INTO t VALUES ($2, $3, '$x'); UPDATE t SET a = $11; \
+             DELETE FROM t WHERE a = $2"
+        );
     }
 }
