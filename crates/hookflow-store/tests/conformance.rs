@@ -63,6 +63,7 @@ conformance!(
     queue::retries_then_fails,
     queue::racing_finishes_end_run_once,
     queue::racing_finishes_join_once,
+    queue::concurrent_finishes_share_batches,
     outbox::deliveries_lease_and_record,
     outbox::deliveries_give_up,
     outbox::concurrent_attempts,

@@ -388,3 +388,85 @@ pub async fn racing_finishes_join_once(db: &TestDb) {
         claim_run(db, &run.id, now + 1, 1).await;
     }
 }
+
+/// Many outcomes handed to one node at once share batches: both steps of a run may land in
+/// one batch (the run is then advanced once per round, the second seeing the first), and an
+/// outcome under a lost lease is refused without failing the others.
+pub async fn concurrent_finishes_share_batches(db: &TestDb) {
+    let (_, dep) = fixture(db, None).await;
+    let planner = Arc::new(DagPlanner::parallel(&["a", "b"]));
+    let mut runs = Vec::new();
+    for _ in 0..40 {
+        let run = new_run(&dep, &["a", "b"]);
+        db.store.create_run(&run).await.unwrap();
+        runs.push(run.id);
+    }
+    let jobs = db.store.claim_jobs(T0, 1000).await.unwrap();
+    assert_eq!(jobs.len(), 80);
+    // Ten outcomes under a lease that is no longer held.
+    let stale: Vec<ClaimedJob> = (jobs.iter().take(10))
+        .map(|j| ClaimedJob {
+            lease_token: j.lease_token - 1,
+            ..j.clone()
+        })
+        .collect();
+    let barrier = Arc::new(Barrier::new(jobs.len() + stale.len()));
+    let mut tasks = JoinSet::new();
+    for (job, held) in
+        (stale.into_iter().map(|j| (j, false))).chain(jobs.into_iter().map(|j| (j, true)))
+    {
+        let (store, barrier, planner) = (db.store.clone(), barrier.clone(), planner.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let applied = store
+                .finish_job(&job, completed(), planner.shared(), T0 + 1)
+                .await;
+            (job.run_id, held, applied.unwrap())
+        });
+    }
+    let results = tasks.join_all().await;
+    for (_, held, applied) in &results {
+        if !held {
+            assert_eq!(applied, &Applied::Stale);
+        }
+    }
+    for id in &runs {
+        let mut own: Vec<&Applied> = (results.iter())
+            .filter(|(run, held, _)| run == id && *held)
+            .map(|(_, _, applied)| applied)
+            .collect();
+        own.sort_by_key(|a| format!("{a:?}"));
+        assert_eq!(
+            own,
+            [
+                &Applied::Done {
+                    terminal: None,
+                    event: false
+                },
+                &Applied::Done {
+                    terminal: Some(RunStatus::Completed),
+                    event: true
+                }
+            ],
+            "run {id}"
+        );
+        let stored = db.store.run_by_id(id).await.unwrap().unwrap();
+        assert_eq!(stored.status, RunStatus::Completed);
+        let steps = db.store.step_executions(id).await.unwrap();
+        assert!(
+            steps.iter().all(|s| s.status == StepStatus::Completed),
+            "{steps:?}"
+        );
+        assert_eq!(steps.len(), 2);
+    }
+    assert!(
+        db.store
+            .claim_jobs(i64::MAX / 2, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let events = (db.store.claim_deliveries(i64::MAX / 2, 1000, 1000).await).unwrap();
+    let ended: HashSet<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
+    assert_eq!((events.len(), ended.len()), (40, 40));
+}
