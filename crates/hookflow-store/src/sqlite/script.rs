@@ -40,6 +40,8 @@ impl Script {
 
     /// Appends a statement whose parameters are numbered on their own from `$1` (a shared SQL
     /// constant), renumbered to follow the parameters bound so far; bind them next, in order.
+    /// Every `$` followed by digits is taken for a parameter: the SQL must hold none in a
+    /// literal.
     pub(crate) fn numbered(mut self, sql: &str) -> Self {
         let offset = self.args.len();
         let mut renumbered = String::with_capacity(sql.len() + 16);
