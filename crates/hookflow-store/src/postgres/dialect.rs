@@ -86,10 +86,10 @@ impl Backend for PgStore {
 
     /// Two queries: the runs, locked in id order, then their executions; the second one's
     /// snapshot is taken once the locks are held (a join would read the executions as they were
-    /// before waiting for a lock). Queries on a list
-    /// (here and in `take_jobs`) are planned for each list (`persistent(false)`): a cached
-    /// generic plan, made while the tables were small, kept scanning whole tables as they grew
-    /// (benchmark, 3-step peak with 20k waiting runs: 241 runs/s with it, 1318 without).
+    /// before waiting for a lock). Queries on a list (here and in `take_jobs`) are planned for
+    /// each list (`persistent(false)`): a cached generic plan, made while the tables were
+    /// small, kept scanning whole tables as they grew (benchmark, 3-step peak with 20k waiting
+    /// runs: 241 runs/s with it, 1318 without).
     async fn load_run_states(
         conn: &mut PgConnection,
         run_ids: &[&str],
