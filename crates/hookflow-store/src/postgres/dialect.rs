@@ -11,7 +11,7 @@ use crate::batch::{BatchWrite, Batcher};
 use crate::shared::new_runs;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
+use crate::shared::run_writes::{ABANDON_OPEN_WORK, PROMOTE_CHECK, RunWrites};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     Applied, ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
@@ -161,7 +161,7 @@ impl Backend for PgStore {
 
     /// One statement whatever changes: each part is a no-op when it has nothing to write (a
     /// NULL step, empty arrays, a NULL event or status), so every write shares one prepared
-    /// statement.
+    /// statement. A run ending with open work then abandons it in three more.
     async fn write_run(tx: &mut Tx, writes: &RunWrites<'_>) -> Result<bool> {
         let run = writes.run;
         let sql = format!(
@@ -229,7 +229,23 @@ impl Backend for PgStore {
         .fetch_optional(&mut **tx)
         .await?;
         let promote: Option<Option<bool>> = row.map(|r| r.try_get(0)).transpose()?;
+        if writes.abandon {
+            let [jobs, steps, approvals] = ABANDON_OPEN_WORK;
+            sqlx::query(jobs).bind(&run.id).execute(&mut **tx).await?;
+            (sqlx::query(steps).bind(&run.id).bind(writes.now))
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(approvals)
+                .bind(&run.id)
+                .execute(&mut **tx)
+                .await?;
+        }
         Ok(promote.flatten().unwrap_or(false))
+    }
+
+    /// Nothing: PostgreSQL sends each run's writes at once.
+    async fn flush_run_writes(_tx: &mut Tx) -> Result<()> {
+        Ok(())
     }
 
     /// One statement for all steps, then wakes the other nodes.

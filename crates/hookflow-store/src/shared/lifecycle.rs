@@ -46,35 +46,6 @@ macro_rules! impl_lifecycle {
                     row.as_ref().map(rows::run).transpose()
                 }
 
-                /// Marks every open attempt of a run abandoned and drops its jobs (jobs
-                /// first: a claimer holds its job before it touches the job's execution row).
-                async fn abandon_open_work(
-                    conn: &mut Conn<Self>,
-                    run_id: &str,
-                    now: Millis,
-                ) -> Result<()> {
-                    sqlx::query("DELETE FROM jobs WHERE run_id = $1")
-                        .bind(run_id)
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query(
-                        "UPDATE step_executions SET status = 'abandoned', finished_at = $2 \
-                         WHERE run_id = $1 AND status IN ('scheduled', 'running')",
-                    )
-                    .bind(run_id)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?;
-                    sqlx::query(
-                        "UPDATE approvals SET status = 'cancelled' \
-                         WHERE run_id = $1 AND status = 'pending'",
-                    )
-                    .bind(run_id)
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(())
-                }
-
                 /// Writes an event row of a run; `run_at` Some schedules it, None keeps it for
                 /// manual delivery only.
                 async fn insert_delivery(
@@ -115,12 +86,10 @@ macro_rules! impl_lifecycle {
                     let (run, now) = (writes.run, writes.now);
                     let writes = RunWrites {
                         end: Some(terminal),
+                        abandon: open,
                         ..writes
                     };
                     let promote = Self::write_run(tx, &writes).await?;
-                    if open {
-                        Self::abandon_open_work(tx, &run.id, now).await?;
-                    }
                     if terminal.event.is_some() {
                         tx.signal(Signal::Outbox);
                     }

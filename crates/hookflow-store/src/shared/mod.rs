@@ -130,11 +130,16 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     fn create_unchecked(&self, run: &NewRun) -> impl Future<Output = Result<RunStatus>> + Send;
 
     /// Writes the changes of a live, locked run in one round trip; returns, when it ends the
-    /// run, the run's [`run_writes::PROMOTE_CHECK`] (false otherwise).
+    /// run, the run's [`run_writes::PROMOTE_CHECK`] (false otherwise). A backend may hold the
+    /// writes back until [`Backend::flush_run_writes`] (and then return false).
     fn write_run(
         tx: &mut Self::Tx,
         writes: &run_writes::RunWrites<'_>,
     ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Sends the run writes held back by [`Backend::write_run`], and promotes the deployments
+    /// of the runs they ended, as needed.
+    fn flush_run_writes(tx: &mut Self::Tx) -> impl Future<Output = Result<()>> + Send;
 
     /// Inserts step executions and their jobs.
     fn schedule_steps(

@@ -75,6 +75,7 @@ macro_rules! impl_queue {
                                 Applied::Stale
                             });
                         }
+                        Self::flush_run_writes(tx).await?;
                         left = later;
                     }
                     Ok(applied.into_iter().flatten().collect())

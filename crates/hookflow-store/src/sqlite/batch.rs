@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::SqliteStore;
 use super::dialect::{push_event, push_inline, push_steps};
-use super::script::Script;
+use super::script::{SCRIPT_PARAMS, Script};
 use super::writer::GroupWriter;
 use crate::batch::BatchWrite;
 use crate::shared::new_runs::Row;
@@ -15,10 +15,6 @@ use crate::shared::outbox::{LoggedAttempt, bind_attempt, log_attempt_sql, update
 use crate::shared::queue::Finish;
 use crate::shared::runs::INSERT_RUN;
 use crate::{Applied, Result};
-
-/// A script is sent once it binds this many parameters (SQLite allows 32,766 per statement;
-/// the statements of a script are bound one by one, but from one list).
-const SCRIPT_PARAMS: usize = 16_000;
 
 /// Writes `items`, each appended to a script by `push`, in one write: one multi-statement
 /// query per [`SCRIPT_PARAMS`] parameters.
@@ -125,7 +121,8 @@ impl BatchWrite for Attempts {
     }
 }
 
-/// Applies batches of finished jobs: one write each.
+/// Applies batches of finished jobs: one write each, whose run writes are sent together once
+/// per round (see [`WriteTx::defer_run_writes`]).
 pub(super) struct Finishes {
     pub(super) writer: Arc<GroupWriter>,
 }
@@ -136,6 +133,7 @@ impl BatchWrite for Finishes {
 
     async fn write(&self, batch: &[&Finish]) -> Result<Vec<Applied>> {
         let mut tx = self.writer.begin().await?;
+        tx.defer_run_writes();
         let applied = SqliteStore::finish_batch(&mut tx, batch).await?;
         tx.commit().await?;
         Ok(applied)

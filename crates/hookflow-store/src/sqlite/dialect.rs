@@ -3,17 +3,19 @@
 //! remains is SQL that SQLite spells differently (no data-changing CTEs, no `DISTINCT ON`, its
 //! own JSON functions).
 
+use std::collections::HashSet;
+
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::SqliteStore;
-use super::script::Script;
+use super::script::{SCRIPT_PARAMS, Script};
 use super::writer::WriteTx;
 use crate::batch::{BatchWrite, Batcher};
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
+use crate::shared::run_writes::{ABANDON_OPEN_WORK, PROMOTE_CHECK, RunWrites};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     Applied, ClaimedJob, JobKind, Millis, NewEvent, NewRun, NewStep, Result, RunRecord, RunStatus,
@@ -108,57 +110,36 @@ impl Backend for SqliteStore {
     }
 
     /// One round trip: every change as one multi-statement query, the run's `UPDATE` last
-    /// (the only statement that returns a row).
+    /// (the only statement that returns a row). In a write that defers run writes (see
+    /// [`WriteTx::defer_run_writes`]) the statements join the write's script instead, and its
+    /// flush promotes.
     async fn write_run(tx: &mut WriteTx, writes: &RunWrites<'_>) -> Result<bool> {
-        let run = writes.run;
-        let mut script = Script::new("");
-        let (id, now) = (script.param(&run.id), script.param(writes.now));
-        if let Some(step) = &writes.step {
-            let update = format!(
-                "UPDATE step_executions SET status = {}, output = {}, error = {}, \
-                 finished_at = {now}, started_at = COALESCE(started_at, {now}) \
-                 WHERE run_id = {id} AND step_id = {} AND attempt = {}",
-                script.param(step.status),
-                script.param(&step.output),
-                script.param(&step.error),
-                script.param(step.step_id),
-                script.param(step.attempt),
-            );
-            script.statement(&update);
-        }
-        push_inline(&mut script, &id, &now, &writes.inline);
-        push_steps(&mut script, &id, &now, writes.start, writes.now);
-        if let Some(end) = writes.end {
-            if let Some(event) = &end.event {
-                let (ws, deployment) = (
-                    script.param(&run.workspace_id),
-                    script.param(&run.deployment_id),
-                );
-                push_event(&mut script, [&id, &ws, &deployment], &now, event);
+        if let Some(script) = tx.deferred.as_mut() {
+            push_run_writes(script, writes);
+            if script.params() >= SCRIPT_PARAMS {
+                Self::flush_run_writes(tx).await?;
             }
-            let update = format!(
-                "UPDATE runs SET status = {}, output = {}, error = {}, finished_at = {now} \
-                 WHERE id = {id} RETURNING {PROMOTE_CHECK}",
-                script.param(end.status.as_str()),
-                script.param(end.output.as_ref().map(|v| v.to_string())),
-                script.param(Self::clean(end.error.as_deref())),
-            );
-            script.statement(&update);
-        } else if let Some(status) = writes.status {
-            let update = format!(
-                "UPDATE runs SET status = {} WHERE id = {id}",
-                script.param(status.as_str())
-            );
-            script.statement(&update);
-        }
-        if script.is_empty() {
             return Ok(false);
         }
-        let (sql, args) = script.into_parts()?;
-        let promote: Option<Option<bool>> = sqlx::query_scalar_with(sql, args)
-            .fetch_optional(&mut **tx)
-            .await?;
-        Ok(promote.flatten().unwrap_or(false))
+        let mut script = Script::new("");
+        push_run_writes(&mut script, writes);
+        let ended = send_run_writes(tx, script).await?;
+        Ok(ended.first().is_some_and(|end| end.promote == Some(true)))
+    }
+
+    /// Sends the run writes the write deferred, in one multi-statement query, then promotes
+    /// the deployments of the runs it ended that call for it.
+    async fn flush_run_writes(tx: &mut WriteTx) -> Result<()> {
+        let Some(script) = tx.deferred.replace(Script::new("")) else {
+            return Ok(());
+        };
+        let mut promoted = HashSet::new();
+        for end in send_run_writes(tx, script).await? {
+            if end.promote == Some(true) && promoted.insert(end.deployment_id.clone()) {
+                Self::promote(tx, &end.deployment_id, end.finished_at).await?;
+            }
+        }
+        Ok(())
     }
 
     /// One round trip for all steps: both inserts in one multi-statement query.
@@ -259,6 +240,73 @@ impl Backend for SqliteStore {
     }
 }
 
+/// A run a script ended, as its `UPDATE` returns it.
+#[derive(sqlx::FromRow)]
+struct Ended {
+    deployment_id: String,
+    finished_at: Millis,
+    /// The run's [`PROMOTE_CHECK`].
+    promote: Option<bool>,
+}
+
+/// Appends a live run's writes (see [`RunWrites`]) to `script`, the run's `UPDATE` last.
+fn push_run_writes(script: &mut Script, writes: &RunWrites<'_>) {
+    let run = writes.run;
+    let (id, now) = (script.param(&run.id), script.param(writes.now));
+    if let Some(step) = &writes.step {
+        let update = format!(
+            "UPDATE step_executions SET status = {}, output = {}, error = {}, \
+             finished_at = {now}, started_at = COALESCE(started_at, {now}) \
+             WHERE run_id = {id} AND step_id = {} AND attempt = {}",
+            script.param(step.status),
+            script.param(&step.output),
+            script.param(&step.error),
+            script.param(step.step_id),
+            script.param(step.attempt),
+        );
+        script.statement(&update);
+    }
+    push_inline(script, &id, &now, &writes.inline);
+    push_steps(script, &id, &now, writes.start, writes.now);
+    if writes.abandon {
+        for sql in ABANDON_OPEN_WORK {
+            script.statement_with(sql, &[&id, &now]);
+        }
+    }
+    if let Some(end) = writes.end {
+        if let Some(event) = &end.event {
+            let (ws, deployment) = (
+                script.param(&run.workspace_id),
+                script.param(&run.deployment_id),
+            );
+            push_event(script, [&id, &ws, &deployment], &now, event);
+        }
+        let update = format!(
+            "UPDATE runs SET status = {}, output = {}, error = {}, finished_at = {now} \
+             WHERE id = {id} RETURNING deployment_id, finished_at, {PROMOTE_CHECK} AS promote",
+            script.param(end.status.as_str()),
+            script.param(end.output.as_ref().map(|v| v.to_string())),
+            script.param(SqliteStore::clean(end.error.as_deref())),
+        );
+        script.statement(&update);
+    } else if let Some(status) = writes.status {
+        let update = format!(
+            "UPDATE runs SET status = {} WHERE id = {id}",
+            script.param(status.as_str())
+        );
+        script.statement(&update);
+    }
+}
+
+/// Sends a script of run writes, returning the runs it ended.
+async fn send_run_writes(tx: &mut WriteTx, script: Script) -> Result<Vec<Ended>> {
+    if script.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (sql, args) = script.into_parts()?;
+    Ok(sqlx::query_as_with(sql, args).fetch_all(&mut **tx).await?)
+}
+
 /// Appends the statements inserting `steps` (executions and jobs) of the run whose id is the
 /// placeholder `run`, created at the placeholder `at` (worth `now`).
 pub(super) fn push_steps(script: &mut Script, run: &str, at: &str, steps: &[NewStep], now: Millis) {
@@ -346,4 +394,12 @@ fn json_list<T: serde::Serialize>(items: &[T]) -> Result<String> {
 impl WriteTx {
     /// Nothing to do: SQLite serves one node, and every wake-up is in-process.
     pub(crate) fn signal(&mut self, _signal: Signal) {}
+
+    /// From now on, [`SqliteStore::write_run`] adds the run's statements to one script of
+    /// this write, sent by [`SqliteStore::flush_run_writes`] (a batch of outcomes then costs
+    /// one round trip to the writer connection instead of one per run). Every later write of
+    /// a run it holds must come after a flush; committing with writes left unflushed fails.
+    pub(super) fn defer_run_writes(&mut self) {
+        self.deferred = Some(Script::new(""));
+    }
 }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
+use super::script::Script;
 use crate::{Result, StoreError};
 
 /// Writes that may share one commit.
@@ -86,6 +87,7 @@ impl GroupWriter {
         Ok(WriteTx {
             writer: self.clone(),
             state: Some(state),
+            deferred: None,
         })
     }
 }
@@ -148,12 +150,23 @@ async fn fail_batch(state: &mut State, error: &StoreError) {
 pub struct WriteTx {
     writer: Arc<GroupWriter>,
     state: Option<OwnedMutexGuard<State>>,
+    /// Run writes held back to be sent together, when the write defers them (see
+    /// [`WriteTx::defer_run_writes`]).
+    pub(super) deferred: Option<Script>,
 }
 
 impl WriteTx {
     /// Keeps this write and returns once the transaction holding it is committed. The
     /// finishing work runs in its own task, so a caller that goes away cannot interrupt it.
     pub async fn commit(mut self) -> Result<()> {
+        if self
+            .deferred
+            .as_ref()
+            .is_some_and(|script| !script.is_empty())
+        {
+            // Dropping the write undoes it: nothing is committed half-written.
+            return Err(StoreError::Corrupt("run writes left unsent".into()));
+        }
         let mut state = self.state.take().expect("live write");
         let writer = self.writer.clone();
         let (done, committed) = oneshot::channel();
