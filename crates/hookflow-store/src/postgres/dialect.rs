@@ -11,12 +11,22 @@ use crate::batch::{BatchWrite, Batcher};
 use crate::shared::new_runs;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::shared::run_writes::{ABANDON_OPEN_WORK, PROMOTE_CHECK, RunWrites};
+use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     Applied, ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
     StepExecution,
 };
+
+/// Abandons the open work of a run that ends ($1: the run, $2: the time): its jobs first (a
+/// claimer holds its job before it touches the job's execution row), then its open attempts and
+/// its pending approvals.
+const ABANDON_OPEN_WORK: [&str; 3] = [
+    "DELETE FROM jobs WHERE run_id = $1",
+    "UPDATE step_executions SET status = 'abandoned', finished_at = $2 \
+     WHERE run_id = $1 AND status IN ('scheduled', 'running')",
+    "UPDATE approvals SET status = 'cancelled' WHERE run_id = $1 AND status = 'pending'",
+];
 
 impl Backend for PgStore {
     type Db = Postgres;

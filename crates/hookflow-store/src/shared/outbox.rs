@@ -2,29 +2,6 @@
 
 use crate::{AttemptRecord, Millis};
 
-/// The log row of a delivery attempt: `$1` the event, `$6`–`$15` the attempt (numbered after
-/// [`update_delivery_sql!`]'s parameters, so that both can be sent as one query).
-macro_rules! log_attempt_sql {
-    () => {
-        "INSERT INTO delivery_attempts (delivery_id, run_id, attempt, trigger, url, status_code, \
-         response_body, duration_ms, error, created_at, next_attempt_at) \
-         VALUES ($1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-    };
-}
-pub(crate) use log_attempt_sql;
-
-/// An attempt's effect on its event: `$1` the event, `$2` the lease that must still hold (NULL:
-/// any), `$3` the new status and `$4` the next due time (`$3` NULL: the schedule stays as it
-/// was), `$5` now.
-macro_rules! update_delivery_sql {
-    () => {
-        "UPDATE deliveries SET attempts = attempts + 1, status = COALESCE($3, status), \
-         run_at = CASE WHEN CAST($3 AS TEXT) IS NULL THEN run_at ELSE $4 END, updated_at = $5 \
-         WHERE id = $1 AND (CAST($2 AS BIGINT) IS NULL OR lease_token = $2)"
-    };
-}
-pub(crate) use update_delivery_sql;
-
 /// A delivery attempt to log, with its effect on its event.
 pub(crate) struct LoggedAttempt {
     pub event_id: String,
@@ -44,31 +21,6 @@ impl LoggedAttempt {
             + self.attempt.error.as_ref().map_or(0, String::len)
     }
 }
-
-/// Binds a [`LoggedAttempt`] to [`log_attempt_sql!`] and [`update_delivery_sql!`] sent as
-/// one query.
-macro_rules! bind_attempt {
-    ($query:expr, $logged:expr) => {{
-        let (logged, attempt) = ($logged, &$logged.attempt);
-        $query
-            .bind(&logged.event_id)
-            .bind(logged.lease_token)
-            .bind(logged.next.map(|(status, _)| status))
-            .bind(logged.next.and_then(|(_, at)| at))
-            .bind(attempt.created_at)
-            .bind(&logged.run_id)
-            .bind(attempt.attempt)
-            .bind(attempt.trigger.as_str())
-            .bind(&attempt.url)
-            .bind(attempt.status_code)
-            .bind(&attempt.response_body)
-            .bind(attempt.duration_ms)
-            .bind(&attempt.error)
-            .bind(attempt.created_at)
-            .bind(attempt.next_attempt_at)
-    }};
-}
-pub(crate) use bind_attempt;
 
 /// Implements [`crate::Outbox`] for `$store`.
 macro_rules! impl_outbox {

@@ -11,16 +11,6 @@ pub(crate) const PROMOTE_CHECK: &str = "(SELECT d.concurrency_limit IS NOT NULL 
     SELECT 1 FROM runs q WHERE q.deployment_id = d.id AND q.status = 'queued') \
     FROM deployments d WHERE d.id = runs.deployment_id)";
 
-/// Abandons the open work of a run that ends ($1: the run, $2: the time): its jobs first (a
-/// claimer holds its job before it touches the job's execution row), then its open attempts and
-/// its pending approvals.
-pub(crate) const ABANDON_OPEN_WORK: [&str; 3] = [
-    "DELETE FROM jobs WHERE run_id = $1",
-    "UPDATE step_executions SET status = 'abandoned', finished_at = $2 \
-     WHERE run_id = $1 AND status IN ('scheduled', 'running')",
-    "UPDATE approvals SET status = 'cancelled' WHERE run_id = $1 AND status = 'pending'",
-];
-
 /// One attempt's outcome as its execution row stores it.
 pub(crate) struct StepRow<'a> {
     pub step_id: &'a str,
@@ -70,8 +60,8 @@ pub(crate) struct RunWrites<'a> {
     pub status: Option<RunStatus>,
     /// How the run ends (its event written with it).
     pub end: Option<&'a Terminal>,
-    /// The run ends with open attempts: abandon them (see [`ABANDON_OPEN_WORK`]), after the
-    /// applied attempt's outcome is written.
+    /// The run ends with open attempts: abandon them, drop its jobs and cancel its pending
+    /// approvals, after the applied attempt's outcome is written.
     pub abandon: bool,
 }
 

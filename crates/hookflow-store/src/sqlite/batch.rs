@@ -1,40 +1,32 @@
 //! What SQLite writes in shared batches (see [`crate::batch`]): new runs and delivery attempts
 //! as one multi-statement query per batch (one round trip to the writer connection for the
-//! whole batch, besides its savepoint), and finished jobs a batch per write (see
-//! [`crate::shared::queue`]).
+//! whole batch, besides its savepoint; see [`super::sets`]), and finished jobs a batch per
+//! write (see [`crate::shared::queue`]).
 
 use std::sync::Arc;
 
 use super::SqliteStore;
-use super::dialect::{push_event, push_inline, push_steps};
-use super::script::{SCRIPT_PARAMS, Script};
+use super::sets::Sets;
 use super::writer::GroupWriter;
 use crate::batch::BatchWrite;
 use crate::shared::new_runs::Row;
-use crate::shared::outbox::{LoggedAttempt, bind_attempt, log_attempt_sql, update_delivery_sql};
+use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::shared::runs::INSERT_RUN;
 use crate::{Applied, Result};
 
-/// Writes `items`, each appended to a script by `push`, in one write: one multi-statement
-/// query per [`SCRIPT_PARAMS`] parameters.
-async fn write_scripts<T>(
+/// Writes `items`, each added to the rows of the batch by `push`, in one write: one
+/// multi-statement query (see [`super::sets`]).
+async fn write_sets<T>(
     writer: &Arc<GroupWriter>,
     items: &[&T],
-    push: impl Fn(Script, &T) -> Script,
+    push: impl Fn(&mut Sets, &T),
 ) -> Result<Vec<()>> {
-    let mut tx = writer.begin().await?;
-    let mut script = Script::new("");
+    let mut sets = Sets::default();
     for item in items {
-        script = push(script, item);
-        if script.params() >= SCRIPT_PARAMS {
-            script.query()?.execute(&mut *tx).await?;
-            script = Script::new("");
-        }
+        push(&mut sets, item);
     }
-    if !script.is_empty() {
-        script.query()?.execute(&mut *tx).await?;
-    }
+    let mut tx = writer.begin().await?;
+    sets.script().query()?.execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(vec![(); items.len()])
 }
@@ -50,55 +42,13 @@ impl BatchWrite for NewRuns {
     type Output = ();
 
     async fn write(&self, rows: &[&Row]) -> Result<Vec<()>> {
-        write_scripts(&self.writer, rows, push_row).await
+        write_sets(&self.writer, rows, Sets::push_new_run).await
     }
 
     fn bytes(row: &Row) -> usize {
         row.bytes()
     }
 }
-
-/// Appends the statements creating the run of `row`.
-fn push_row(script: Script, row: &Row) -> Script {
-    let first = script.params();
-    let mut script = script
-        .numbered(INSERT_RUN)
-        .bind(&row.id)
-        .bind(&row.workspace_id)
-        .bind(&row.deployment_id)
-        .bind(&row.deployment_name)
-        .bind(&row.variant)
-        .bind(&row.workflow)
-        .bind(row.version)
-        .bind(row.status)
-        .bind(row.source)
-        .bind(row.delivery)
-        .bind(&row.callback_url)
-        .bind(&row.inputs)
-        .bind(&row.user)
-        .bind(&row.metadata)
-        .bind(&row.settings)
-        .bind(row.created_at)
-        .bind(row.created_at)
-        .bind(&row.output)
-        .bind(&row.error)
-        .bind(row.finished_at);
-    // INSERT_RUN's $1 is the run's id, $2 its workspace, $3 its deployment, $16 its creation
-    // time.
-    let [id, ws, deployment, now] = [1, 2, 3, 16].map(|n| format!("${}", first + n));
-    let inline: Vec<_> = (row.inline.iter())
-        .map(|(step, status, output)| (step.as_str(), *status, output.clone()))
-        .collect();
-    push_inline(&mut script, &id, &now, &inline);
-    push_steps(&mut script, &id, &now, &row.start, row.created_at);
-    if let Some(event) = &row.event {
-        push_event(&mut script, [&id, &ws, &deployment], &now, event);
-    }
-    script
-}
-
-/// Logs a delivery attempt and applies its effect to the event: two statements.
-const RECORD_ATTEMPT: &str = concat!(log_attempt_sql!(), "; ", update_delivery_sql!());
 
 /// Writes batches of delivery attempts.
 pub(super) struct Attempts {
@@ -110,10 +60,7 @@ impl BatchWrite for Attempts {
     type Output = ();
 
     async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<Vec<()>> {
-        write_scripts(&self.writer, attempts, |script, logged| {
-            bind_attempt!(script.numbered(RECORD_ATTEMPT), logged)
-        })
-        .await
+        write_sets(&self.writer, attempts, Sets::push_attempt).await
     }
 
     fn bytes(logged: &LoggedAttempt) -> usize {
@@ -122,7 +69,7 @@ impl BatchWrite for Attempts {
 }
 
 /// Applies batches of finished jobs: one write each, whose run writes are sent together once
-/// per round (see [`WriteTx::defer_run_writes`]).
+/// per round (see [`super::writer::WriteTx::defer_run_writes`]).
 pub(super) struct Finishes {
     pub(super) writer: Arc<GroupWriter>,
 }

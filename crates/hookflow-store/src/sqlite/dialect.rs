@@ -9,17 +9,17 @@ use sqlx::QueryBuilder;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 
 use super::SqliteStore;
-use super::script::{SCRIPT_PARAMS, Script};
+use super::sets::Sets;
 use super::writer::WriteTx;
 use crate::batch::{BatchWrite, Batcher};
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::shared::run_writes::{ABANDON_OPEN_WORK, PROMOTE_CHECK, RunWrites};
+use crate::shared::run_writes::RunWrites;
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
-    Applied, ClaimedJob, JobKind, Millis, NewEvent, NewRun, NewStep, Result, RunRecord, RunStatus,
-    Signal, StepExecution,
+    Applied, ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
+    StepExecution,
 };
 
 impl Backend for SqliteStore {
@@ -109,32 +109,28 @@ impl Backend for SqliteStore {
         Ok(status)
     }
 
-    /// One round trip: every change as one multi-statement query, the run's `UPDATE` last
-    /// (the only statement that returns a row). In a write that defers run writes (see
-    /// [`WriteTx::defer_run_writes`]) the statements join the write's script instead, and its
-    /// flush promotes.
+    /// One round trip: every change as one multi-statement query (see [`super::sets`]). In a
+    /// write that defers run writes (see [`WriteTx::defer_run_writes`]) the rows join the
+    /// write's others instead, and its flush promotes.
     async fn write_run(tx: &mut WriteTx, writes: &RunWrites<'_>) -> Result<bool> {
-        if let Some(script) = tx.deferred.as_mut() {
-            push_run_writes(script, writes);
-            if script.params() >= SCRIPT_PARAMS {
-                Self::flush_run_writes(tx).await?;
-            }
+        if let Some(sets) = tx.deferred.as_mut() {
+            sets.push_run_writes(writes, Self::clean);
             return Ok(false);
         }
-        let mut script = Script::new("");
-        push_run_writes(&mut script, writes);
-        let ended = send_run_writes(tx, script).await?;
+        let mut sets = Sets::default();
+        sets.push_run_writes(writes, Self::clean);
+        let ended = send_run_writes(tx, sets).await?;
         Ok(ended.first().is_some_and(|end| end.promote == Some(true)))
     }
 
     /// Sends the run writes the write deferred, in one multi-statement query, then promotes
     /// the deployments of the runs it ended that call for it.
     async fn flush_run_writes(tx: &mut WriteTx) -> Result<()> {
-        let Some(script) = tx.deferred.replace(Script::new("")) else {
+        let Some(sets) = tx.deferred.replace(Sets::default()) else {
             return Ok(());
         };
         let mut promoted = HashSet::new();
-        for end in send_run_writes(tx, script).await? {
+        for end in send_run_writes(tx, sets).await? {
             if end.promote == Some(true) && promoted.insert(end.deployment_id.clone()) {
                 Self::promote(tx, &end.deployment_id, end.finished_at).await?;
             }
@@ -149,14 +145,9 @@ impl Backend for SqliteStore {
         steps: &[NewStep],
         now: Millis,
     ) -> Result<()> {
-        if steps.is_empty() {
-            return Ok(());
-        }
-        let mut script = Script::new("");
-        let (id, at) = (script.param(run_id), script.param(now));
-        push_steps(&mut script, &id, &at, steps, now);
-        script.query()?.execute(&mut **tx).await?;
-        Ok(())
+        let mut sets = Sets::default();
+        sets.push_steps(run_id, steps, now);
+        send_run_writes(tx, sets).await.map(drop)
     }
 
     async fn promote(tx: &mut WriteTx, deployment_id: &str, now: Millis) -> Result<()> {
@@ -240,150 +231,23 @@ impl Backend for SqliteStore {
     }
 }
 
-/// A run a script ended, as its `UPDATE` returns it.
+/// A run a write ended, as its `UPDATE` returns it.
 #[derive(sqlx::FromRow)]
 struct Ended {
     deployment_id: String,
     finished_at: Millis,
-    /// The run's [`PROMOTE_CHECK`].
+    /// The run's [`crate::shared::run_writes::PROMOTE_CHECK`].
     promote: Option<bool>,
 }
 
-/// Appends a live run's writes (see [`RunWrites`]) to `script`, the run's `UPDATE` last.
-fn push_run_writes(script: &mut Script, writes: &RunWrites<'_>) {
-    let run = writes.run;
-    let (id, now) = (script.param(&run.id), script.param(writes.now));
-    if let Some(step) = &writes.step {
-        let update = format!(
-            "UPDATE step_executions SET status = {}, output = {}, error = {}, \
-             finished_at = {now}, started_at = COALESCE(started_at, {now}) \
-             WHERE run_id = {id} AND step_id = {} AND attempt = {}",
-            script.param(step.status),
-            script.param(&step.output),
-            script.param(&step.error),
-            script.param(step.step_id),
-            script.param(step.attempt),
-        );
-        script.statement(&update);
-    }
-    push_inline(script, &id, &now, &writes.inline);
-    push_steps(script, &id, &now, writes.start, writes.now);
-    if writes.abandon {
-        for sql in ABANDON_OPEN_WORK {
-            script.statement_with(sql, &[&id, &now]);
-        }
-    }
-    if let Some(end) = writes.end {
-        if let Some(event) = &end.event {
-            let (ws, deployment) = (
-                script.param(&run.workspace_id),
-                script.param(&run.deployment_id),
-            );
-            push_event(script, [&id, &ws, &deployment], &now, event);
-        }
-        let update = format!(
-            "UPDATE runs SET status = {}, output = {}, error = {}, finished_at = {now} \
-             WHERE id = {id} RETURNING deployment_id, finished_at, {PROMOTE_CHECK} AS promote",
-            script.param(end.status.as_str()),
-            script.param(end.output.as_ref().map(|v| v.to_string())),
-            script.param(SqliteStore::clean(end.error.as_deref())),
-        );
-        script.statement(&update);
-    } else if let Some(status) = writes.status {
-        let update = format!(
-            "UPDATE runs SET status = {} WHERE id = {id}",
-            script.param(status.as_str())
-        );
-        script.statement(&update);
-    }
-}
-
-/// Sends a script of run writes, returning the runs it ended.
-async fn send_run_writes(tx: &mut WriteTx, script: Script) -> Result<Vec<Ended>> {
+/// Sends rows of runs, returning the runs they ended.
+async fn send_run_writes(tx: &mut WriteTx, sets: Sets) -> Result<Vec<Ended>> {
+    let script = sets.script();
     if script.is_empty() {
         return Ok(Vec::new());
     }
     let (sql, args) = script.into_parts()?;
     Ok(sqlx::query_as_with(sql, args).fetch_all(&mut **tx).await?)
-}
-
-/// Appends the statements inserting `steps` (executions and jobs) of the run whose id is the
-/// placeholder `run`, created at the placeholder `at` (worth `now`).
-pub(super) fn push_steps(script: &mut Script, run: &str, at: &str, steps: &[NewStep], now: Millis) {
-    if steps.is_empty() {
-        return;
-    }
-    let mut executions = Vec::with_capacity(steps.len());
-    let mut jobs = Vec::with_capacity(steps.len());
-    for step in steps {
-        let (id, attempt) = (script.param(&step.step_id), script.param(step.attempt));
-        executions.push(format!(
-            "({run}, {id}, {attempt}, {}, {at}, {})",
-            script.param(if step.timer { "running" } else { "scheduled" }),
-            script.param(step.timer.then_some(now)),
-        ));
-        jobs.push(format!(
-            "({run}, {id}, {attempt}, {}, {})",
-            script.param(step.run_at),
-            script.param(step.lease_ms),
-        ));
-    }
-    script.statement(&format!(
-        "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
-         started_at) VALUES {}",
-        executions.join(", ")
-    ));
-    script.statement(&format!(
-        "INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) VALUES {}",
-        jobs.join(", ")
-    ));
-}
-
-/// Appends the statement recording `inline` (steps the planner resolved: step, status, output)
-/// as finished first attempts of the run whose id is the placeholder `run`, at `at`.
-pub(super) fn push_inline(
-    script: &mut Script,
-    run: &str,
-    at: &str,
-    inline: &[(&str, &'static str, Option<String>)],
-) {
-    if inline.is_empty() {
-        return;
-    }
-    let mut values = Vec::with_capacity(inline.len());
-    for (step_id, status, output) in inline {
-        values.push(format!(
-            "({run}, {}, 1, {}, {}, {at}, {at}, {at})",
-            script.param(*step_id),
-            script.param(*status),
-            script.param(output),
-        ));
-    }
-    script.statement(&format!(
-        "INSERT INTO step_executions (run_id, step_id, attempt, status, output, created_at, \
-         started_at, finished_at) VALUES {}",
-        values.join(", ")
-    ));
-}
-
-/// Appends the statement inserting a run's event, due at `at`; `[run, workspace, deployment]`
-/// are the placeholders of the run's ids.
-pub(super) fn push_event(
-    script: &mut Script,
-    [run, ws, deployment]: [&str; 3],
-    at: &str,
-    event: &NewEvent,
-) {
-    let insert = format!(
-        "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, payload, \
-         url, status, run_at, created_at, updated_at) \
-         VALUES ({}, {run}, {ws}, {deployment}, {}, {}, {}, 'pending', {at}, {at}, {at})",
-        script.param(&event.id),
-        script.param(&event.event_type),
-        script.param(&event.payload),
-        script.param(&event.url),
-    );
-    script.statement(&insert);
 }
 
 /// A list as the JSON text `json_each` reads (SQLite binds no arrays).
@@ -395,11 +259,11 @@ impl WriteTx {
     /// Nothing to do: SQLite serves one node, and every wake-up is in-process.
     pub(crate) fn signal(&mut self, _signal: Signal) {}
 
-    /// From now on, [`SqliteStore::write_run`] adds the run's statements to one script of
-    /// this write, sent by [`SqliteStore::flush_run_writes`] (a batch of outcomes then costs
+    /// From now on, [`SqliteStore::write_run`] adds the run's rows to those of this write,
+    /// sent by [`SqliteStore::flush_run_writes`] (a batch of outcomes then costs
     /// one round trip to the writer connection instead of one per run). Every later write of
     /// a run it holds must come after a flush; committing with writes left unflushed fails.
     pub(super) fn defer_run_writes(&mut self) {
-        self.deferred = Some(Script::new(""));
+        self.deferred = Some(Sets::default());
     }
 }

@@ -2,12 +2,13 @@
 //! and a pool of readers over WAL.
 //!
 //! The store traits come from the shared layer (`crate::shared`); `dialect` holds what
-//! SQLite does its own way, `writer` the group commit every write goes through, and `batch`
-//! what is written in shared batches.
+//! SQLite does its own way, `writer` the group commit every write goes through, `batch` what is
+//! written in shared batches, and `sets` how the rows of many runs are written together.
 
 mod batch;
 mod dialect;
 mod script;
+mod sets;
 mod writer;
 
 use std::str::FromStr;
@@ -26,6 +27,12 @@ use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
 use crate::{Applied, Result, SignalHandler, Signals, StoreError};
+
+/// Results (rows, and one per statement) the writer connection's thread may queue before it
+/// waits for the writing task to take them: with sqlx's default (50), loading the runs of a
+/// batch of outcomes (a row per execution) stalled the connection until the task came back for
+/// more.
+const WRITER_ROW_BUFFER: usize = 4096;
 
 /// The SQLite implementation of [`crate::Store`].
 #[derive(Clone)]
@@ -53,7 +60,7 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&migrator).await?;
         migrator.close().await;
-        let writer = writer::connect(&options).await?;
+        let writer = writer::connect(&options.clone().row_buffer_size(WRITER_ROW_BUFFER)).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))

@@ -7,10 +7,6 @@ use sqlx::{Arguments, Encode, Type};
 
 use crate::Result;
 
-/// A script is sent once it binds this many parameters (SQLite allows 32,766 per statement;
-/// the statements of a script are bound one by one, but from one list).
-pub(crate) const SCRIPT_PARAMS: usize = 16_000;
-
 /// SQL built piece by piece, parameters numbered in the order they are added.
 pub(crate) struct Script {
     sql: String,
@@ -48,20 +44,21 @@ impl Script {
     /// literal.
     pub(crate) fn numbered(mut self, sql: &str) -> Self {
         let offset = self.args.len();
-        self.statement(&renumber(sql, |n| format!("${}", n + offset)));
+        let mut renumbered = String::with_capacity(sql.len() + 16);
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            renumbered.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            match rest[..digits].parse::<usize>() {
+                Ok(n) => renumbered.push_str(&(n + offset).to_string()),
+                Err(_) => renumbered.push_str(&rest[..digits]),
+            }
+            rest = &rest[digits..];
+        }
+        renumbered.push_str(rest);
+        self.statement(&renumbered);
         self
-    }
-
-    /// Appends a statement whose parameters are numbered on their own from `$1` (a shared SQL
-    /// constant), its `$n` standing for the placeholder `params[n - 1]` already bound (see
-    /// [`Self::numbered`] for the SQL it takes).
-    pub(crate) fn statement_with(&mut self, sql: &str, params: &[&str]) {
-        self.statement(&renumber(sql, |n| params[n - 1].to_string()));
-    }
-
-    /// How many parameters are bound.
-    pub(crate) fn params(&self) -> usize {
-        self.args.len()
     }
 
     /// Appends a statement.
@@ -92,24 +89,6 @@ impl Script {
     }
 }
 
-/// `sql` with each `$n` replaced by `placeholder(n)`.
-fn renumber(sql: &str, placeholder: impl Fn(usize) -> String) -> String {
-    let mut renumbered = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        renumbered.push_str(&rest[..at]);
-        rest = &rest[at + 1..];
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        match rest[..digits].parse::<usize>() {
-            Ok(n) => renumbered.push_str(&placeholder(n)),
-            Err(_) => renumbered.push('$'),
-        }
-        rest = &rest[digits..];
-    }
-    renumbered.push_str(rest);
-    renumbered
-}
-
 #[cfg(test)]
 mod tests {
     use super::Script;
@@ -125,17 +104,5 @@ mod tests {
             "SELECT $1; INSERT INTO t VALUES ($2, $3, '$x'); UPDATE t SET a = $11; \
              DELETE FROM t WHERE a = $2"
         );
-    }
-
-    #[test]
-    fn statements_with_placeholders_take_the_ones_given() {
-        let mut script = Script::new("");
-        let first = script.param(0);
-        let eleventh = (1..=10).map(|n| script.param(n)).last().unwrap();
-        script.statement_with(
-            "UPDATE t SET a = $2 WHERE b = $1 AND c = '$x'",
-            &[&eleventh, &first],
-        );
-        assert_eq!(script.sql, "UPDATE t SET a = $1 WHERE b = $11 AND c = '$x'");
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
-use super::script::Script;
+use super::sets::Sets;
 use crate::{Result, StoreError};
 
 /// Writes that may share one commit.
@@ -152,7 +152,7 @@ pub struct WriteTx {
     state: Option<OwnedMutexGuard<State>>,
     /// Run writes held back to be sent together, when the write defers them (see
     /// [`WriteTx::defer_run_writes`]).
-    pub(super) deferred: Option<Script>,
+    pub(super) deferred: Option<Sets>,
 }
 
 impl WriteTx {

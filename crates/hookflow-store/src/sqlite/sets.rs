@@ -1,0 +1,306 @@
+//! Rows of many runs written together: each kind of row is gathered into one JSON array, and
+//! one statement writes them all, reading its array with `json_each`. Whatever the number of
+//! runs, a batch sends a handful of statements of the same few texts, which the writer
+//! connection prepares once and keeps; each statement also costs a hand-off between the
+//! connection's thread and the writing task, so fewer statements mean fewer hand-offs.
+
+use serde::Serialize;
+
+use super::script::Script;
+use crate::shared::new_runs::Row;
+use crate::shared::outbox::LoggedAttempt;
+use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
+use crate::{Millis, NewEvent, NewStep};
+
+/// New runs: (id, workspace, deployment, deployment name, variant, workflow, version, status,
+/// source, delivery, callback URL, inputs, user, metadata, settings, created at, output, error,
+/// finished at).
+const INSERT_RUNS: &str = "INSERT INTO runs (id, workspace_id, deployment_id, \
+    deployment_name, variant, workflow, version, status, source, delivery, callback_url, inputs, \
+    run_user, metadata, settings, created_at, started_at, output, error, finished_at) \
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+      value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
+      value ->> 12, value ->> 13, value ->> 14, value ->> 15, value ->> 15, value ->> 16, \
+      value ->> 17, value ->> 18 \
+    FROM json_each($1)";
+
+/// Applied attempts: (run, step, attempt, status, output, error, now).
+const UPDATE_OUTCOMES: &str = "UPDATE step_executions AS s SET status = v.status, \
+    output = v.output, error = v.error, finished_at = v.now, \
+    started_at = COALESCE(s.started_at, v.now) \
+    FROM (SELECT value ->> 0 AS run_id, value ->> 1 AS step_id, value ->> 2 AS attempt, \
+      value ->> 3 AS status, value ->> 4 AS output, value ->> 5 AS error, value ->> 6 AS now \
+      FROM json_each($1)) AS v \
+    WHERE s.run_id = v.run_id AND s.step_id = v.step_id AND s.attempt = v.attempt";
+
+/// Steps the planner resolved, as finished first attempts: (run, step, status, output, now).
+const INSERT_INLINE: &str = "INSERT INTO step_executions (run_id, step_id, attempt, status, \
+    output, created_at, started_at, finished_at) \
+    SELECT value ->> 0, value ->> 1, 1, value ->> 2, value ->> 3, value ->> 4, value ->> 4, \
+      value ->> 4 \
+    FROM json_each($1)";
+
+/// Scheduled steps and their jobs: (run, step, attempt, status, started at, now, due at,
+/// lease).
+const INSERT_STEPS: &str = "INSERT INTO step_executions (run_id, step_id, attempt, status, \
+      created_at, started_at) \
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 5, value ->> 4 \
+    FROM json_each($1); \
+    INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 6, value ->> 7 FROM json_each($1)";
+
+/// Open work of ending runs, abandoned: (run, now). Jobs first: a claimer holds its job before
+/// it touches the job's execution row.
+const ABANDON_OPEN_WORK: &str = "DELETE FROM jobs \
+      WHERE run_id IN (SELECT value ->> 0 FROM json_each($1)); \
+    UPDATE step_executions AS s SET status = 'abandoned', finished_at = v.now \
+    FROM (SELECT value ->> 0 AS run_id, value ->> 1 AS now FROM json_each($1)) AS v \
+    WHERE s.run_id = v.run_id AND s.status IN ('scheduled', 'running'); \
+    UPDATE approvals SET status = 'cancelled' \
+    WHERE run_id IN (SELECT value ->> 0 FROM json_each($1)) AND status = 'pending'";
+
+/// Events, due at once: (id, run, workspace, deployment, type, payload, URL, now).
+const INSERT_EVENTS: &str = "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, \
+      event_type, payload, url, status, run_at, created_at, updated_at) \
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+      value ->> 6, 'pending', value ->> 7, value ->> 7, value ->> 7 \
+    FROM json_each($1)";
+
+/// Delivery attempts, logged, and their effect on their events: (event, run, attempt,
+/// trigger, URL, status code, response body, duration, error, now, next attempt at, lease that
+/// must still hold (NULL: any), the event's new status (NULL: its schedule stays as it was), its
+/// next due time).
+const RECORD_ATTEMPTS: &str = "INSERT INTO delivery_attempts (delivery_id, run_id, attempt, \
+      trigger, url, status_code, response_body, duration_ms, error, created_at, \
+      next_attempt_at) \
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+      value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10 \
+    FROM json_each($1); \
+    UPDATE deliveries AS d SET attempts = d.attempts + 1, status = COALESCE(v.status, d.status), \
+      run_at = CASE WHEN v.status IS NULL THEN d.run_at ELSE v.run_at END, updated_at = v.now \
+    FROM (SELECT value ->> 0 AS id, value ->> 9 AS now, value ->> 11 AS lease, \
+      value ->> 12 AS status, value ->> 13 AS run_at FROM json_each($1)) AS v \
+    WHERE d.id = v.id AND (v.lease IS NULL OR d.lease_token = v.lease)";
+
+/// Runs going on in another status: (run, status).
+const UPDATE_STATUSES: &str = "UPDATE runs SET status = v.status \
+    FROM (SELECT value ->> 0 AS id, value ->> 1 AS status FROM json_each($1)) AS v \
+    WHERE runs.id = v.id";
+
+/// Runs ending: (run, status, output, error, now); returns each one's deployment, end time and
+/// [`PROMOTE_CHECK`].
+fn end_runs_sql() -> String {
+    format!(
+        "UPDATE runs SET status = v.status, output = v.output, error = v.error, \
+           finished_at = v.now \
+         FROM (SELECT value ->> 0 AS id, value ->> 1 AS status, value ->> 2 AS output, \
+           value ->> 3 AS error, value ->> 4 AS now FROM json_each($1)) AS v \
+         WHERE runs.id = v.id \
+         RETURNING runs.deployment_id, runs.finished_at, {PROMOTE_CHECK} AS promote"
+    )
+}
+
+/// A JSON array of rows, each a JSON array, built row by row.
+#[derive(Default)]
+struct Rows(String);
+
+impl Rows {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn push(&mut self, row: impl Serialize) {
+        self.0.push(if self.0.is_empty() { '[' } else { ',' });
+        // Tuples of strings, numbers and options always serialize.
+        self.0
+            .push_str(&serde_json::to_string(&row).expect("rows serialize"));
+    }
+
+    /// Appends `sql`, reading this array as its `$1`, to `script` (nothing when no row).
+    fn append(self, script: Script, sql: &str) -> Script {
+        if self.is_empty() {
+            return script;
+        }
+        let mut json = self.0;
+        json.push(']');
+        script.numbered(sql).bind(json)
+    }
+}
+
+/// Rows of any number of runs, to be written together (see the module's documentation).
+#[derive(Default)]
+pub(super) struct Sets {
+    runs: Rows,
+    outcomes: Rows,
+    inline: Rows,
+    steps: Rows,
+    abandon: Rows,
+    events: Rows,
+    statuses: Rows,
+    ends: Rows,
+    attempts: Rows,
+}
+
+impl Sets {
+    /// Adds a new run with its resolved steps, its first steps and its event.
+    pub(super) fn push_new_run(&mut self, row: &Row) {
+        // More fields than a tuple serializes.
+        self.runs.push(serde_json::json!([
+            row.id,
+            row.workspace_id,
+            row.deployment_id,
+            row.deployment_name,
+            row.variant,
+            row.workflow,
+            row.version,
+            row.status,
+            row.source,
+            row.delivery,
+            row.callback_url,
+            row.inputs,
+            row.user,
+            row.metadata,
+            row.settings,
+            row.created_at,
+            row.output,
+            row.error,
+            row.finished_at,
+        ]));
+        for (step, status, output) in &row.inline {
+            self.inline
+                .push((&row.id, step, status, output, row.created_at));
+        }
+        self.push_steps(&row.id, &row.start, row.created_at);
+        if let Some(event) = &row.event {
+            let run = [&row.id, &row.workspace_id, &row.deployment_id];
+            self.push_event(run, event, row.created_at);
+        }
+    }
+
+    /// Adds the writes of a live run (see [`RunWrites`]); `clean` is the backend's.
+    pub(super) fn push_run_writes(
+        &mut self,
+        writes: &RunWrites<'_>,
+        clean: fn(Option<&str>) -> Option<String>,
+    ) {
+        let (run, now) = (writes.run, writes.now);
+        if let Some(step) = &writes.step {
+            self.outcomes.push((
+                &run.id,
+                step.step_id,
+                step.attempt,
+                step.status,
+                &step.output,
+                &step.error,
+                now,
+            ));
+        }
+        for (step, status, output) in &writes.inline {
+            self.inline.push((&run.id, step, status, output, now));
+        }
+        self.push_steps(&run.id, writes.start, now);
+        if writes.abandon {
+            self.abandon.push((&run.id, now));
+        }
+        if let Some(end) = writes.end {
+            if let Some(event) = &end.event {
+                let ids = [&run.id, &run.workspace_id, &run.deployment_id];
+                self.push_event(ids, event, now);
+            }
+            let output = end.output.as_ref().map(|v| v.to_string());
+            let error = clean(end.error.as_deref());
+            self.ends
+                .push((&run.id, end.status.as_str(), output, error, now));
+        } else if let Some(status) = writes.status {
+            self.statuses.push((&run.id, status.as_str()));
+        }
+    }
+
+    /// Adds steps to schedule, with their jobs, of the run `run_id`.
+    pub(super) fn push_steps(&mut self, run_id: &str, steps: &[NewStep], now: Millis) {
+        for step in steps {
+            let (status, started) = match step.timer {
+                true => ("running", Some(now)),
+                false => ("scheduled", None),
+            };
+            self.steps.push((
+                run_id,
+                &step.step_id,
+                step.attempt,
+                status,
+                started,
+                now,
+                step.run_at,
+                step.lease_ms,
+            ));
+        }
+    }
+
+    /// Adds a delivery attempt and its effect on its event.
+    pub(super) fn push_attempt(&mut self, logged: &LoggedAttempt) {
+        let attempt = &logged.attempt;
+        self.attempts.push((
+            &logged.event_id,
+            &logged.run_id,
+            attempt.attempt,
+            attempt.trigger.as_str(),
+            &attempt.url,
+            attempt.status_code,
+            &attempt.response_body,
+            attempt.duration_ms,
+            &attempt.error,
+            attempt.created_at,
+            attempt.next_attempt_at,
+            logged.lease_token,
+            logged.next.map(|(status, _)| status),
+            logged.next.and_then(|(_, at)| at),
+        ));
+    }
+
+    /// Adds a run's event, due at once; `run` holds the run's id, workspace and deployment.
+    fn push_event(&mut self, [run, ws, deployment]: [&String; 3], event: &NewEvent, now: Millis) {
+        self.events.push((
+            &event.id,
+            run,
+            ws,
+            deployment,
+            &event.event_type,
+            &event.payload,
+            &event.url,
+            now,
+        ));
+    }
+
+    /// Whether no row was added.
+    pub(super) fn is_empty(&self) -> bool {
+        [
+            &self.runs,
+            &self.outcomes,
+            &self.inline,
+            &self.steps,
+            &self.abandon,
+            &self.events,
+            &self.statuses,
+            &self.ends,
+            &self.attempts,
+        ]
+        .iter()
+        .all(|rows| rows.is_empty())
+    }
+
+    /// The statements writing every row added, in an order that keeps each write's meaning
+    /// (runs before their steps, an applied attempt before the abandoning of the rest), the
+    /// runs' ends last: the only statement that returns rows.
+    pub(super) fn script(self) -> Script {
+        let script = Script::new("");
+        let script = self.runs.append(script, INSERT_RUNS);
+        let script = self.outcomes.append(script, UPDATE_OUTCOMES);
+        let script = self.inline.append(script, INSERT_INLINE);
+        let script = self.steps.append(script, INSERT_STEPS);
+        let script = self.abandon.append(script, ABANDON_OPEN_WORK);
+        let script = self.events.append(script, INSERT_EVENTS);
+        let script = self.statuses.append(script, UPDATE_STATUSES);
+        let script = self.attempts.append(script, RECORD_ATTEMPTS);
+        self.ends.append(script, &end_runs_sql())
+    }
+}
