@@ -86,7 +86,9 @@ impl BatchWrite for Finishes {
         Ok(applied)
     }
 
-    /// Each job's writes are statements of their own: no batch grows one large statement.
+    /// Not counted: sizing an output means serializing it. The rows of a round copy outputs
+    /// the batch already holds, each bounded by its step's limits (1 MiB for an `http`
+    /// response), and a batch holds at most [`crate::batch`]'s item limit.
     fn bytes(_finish: &Finish) -> usize {
         0
     }
