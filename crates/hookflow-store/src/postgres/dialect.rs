@@ -72,11 +72,6 @@ impl Backend for PgStore {
         Ok(Autocommit(self.pool.acquire().await?))
     }
 
-    /// PostgreSQL text cannot hold U+0000: free text from outside loses it.
-    fn clean(text: Option<&str>) -> Option<String> {
-        text.map(|t| t.replace('\0', "\u{FFFD}"))
-    }
-
     /// A transaction-scoped advisory lock, keyed by the space and a hash of `key` (a collision
     /// only serializes two unrelated keys). The space is the first key of
     /// `pg_advisory_xact_lock(int4, int4)`, a key space apart from sqlx's single-bigint

@@ -97,8 +97,12 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// group-committed transaction.
     fn autocommit(&self) -> impl Future<Output = Result<Self::Autocommit>> + Send;
 
-    /// Free text from outside (errors, response bodies) as the database can store it.
-    fn clean(text: Option<&str>) -> Option<String>;
+    /// Free text from outside (errors, response bodies) as the database can store it, U+0000
+    /// replaced by U+FFFD: PostgreSQL text cannot hold U+0000, and SQLite's JSON functions, which
+    /// carry its batched writes (see [`crate::sqlite`]), end a text there.
+    fn clean(text: Option<&str>) -> Option<String> {
+        text.map(|t| t.replace('\0', "\u{FFFD}"))
+    }
 
     /// Keeps other nodes out of `space` for `key` until the transaction ends.
     fn lock(

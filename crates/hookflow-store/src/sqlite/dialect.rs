@@ -65,11 +65,6 @@ impl Backend for SqliteStore {
         self.writer.begin().await
     }
 
-    /// SQLite text holds any character.
-    fn clean(text: Option<&str>) -> Option<String> {
-        text.map(str::to_string)
-    }
-
     /// Nothing to take: a write excludes every other.
     async fn lock(_conn: &mut SqliteConnection, _space: LockSpace, _key: &str) -> Result<()> {
         Ok(())

@@ -155,6 +155,8 @@ pub async fn deliveries_lease_and_record(db: &TestDb) {
     assert_eq!(numbers, [3, 2, 2, 1]);
     assert_eq!(log[3].1.next_attempt_at, Some(retry_at));
     assert_eq!(log[3].1.status_code, Some(500));
+    // Stored whole, its U+0000 (which neither backend's batches can carry) replaced.
+    assert_eq!(log[3].1.response_body.as_deref(), Some("nope\u{FFFD}"));
     assert_eq!(log[0].1.trigger, Trigger::Manual);
     let cursor = Some(log[1].0.to_string());
     let older = s

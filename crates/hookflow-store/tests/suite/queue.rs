@@ -266,6 +266,9 @@ pub async fn retries_then_fails(db: &TestDb) {
         (ended.status, ended.error.as_deref()),
         (RunStatus::Failed, Some("step a failed"))
     );
+    // Stored whole, its U+0000 (which neither backend's writes can carry) replaced.
+    let steps = s.step_executions(&run.id).await.unwrap();
+    assert_eq!(steps[1].error.as_deref(), Some("again\u{FFFD}"));
 }
 
 /// Claims every job due at `now` of one run (a few claims: other runs' jobs are left leased).
