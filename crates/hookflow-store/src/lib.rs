@@ -185,8 +185,9 @@ pub trait Runs: Send + Sync + 'static {
     async fn run_by_id(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Every step execution of a run, by step then attempt.
     async fn step_executions(&self, run_id: &str) -> Result<Vec<StepExecution>>;
-    /// A run (in any workspace) with every execution of its steps, read together (engine use).
-    async fn run_state(&self, id: &str) -> Result<Option<(RunRecord, Vec<StepExecution>)>>;
+    /// Runs (in any workspace) with every execution of their steps, in run id order; ids of no
+    /// run are left out (engine use: one read for a batch of claimed jobs).
+    async fn run_states(&self, ids: &[&str]) -> Result<Vec<(RunRecord, Vec<StepExecution>)>>;
     /// Cancels a live run: abandons its open work and writes `terminal` (status cancelled).
     async fn cancel_run(
         &self,

@@ -120,6 +120,13 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
         run_ids: &[&str],
     ) -> impl Future<Output = Result<Vec<(RunRecord, Vec<StepExecution>)>>> + Send;
 
+    /// Reads runs and every execution of their steps, outside any write, in run id order; runs
+    /// that do not exist are left out.
+    fn read_run_states(
+        &self,
+        run_ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<(RunRecord, Vec<StepExecution>)>>> + Send;
+
     /// Deletes the jobs (id, lease token) whose lease still holds, returning their ids.
     fn take_jobs(
         conn: &mut Conn<Self>,

@@ -211,16 +211,11 @@ macro_rules! impl_runs {
                     row.as_ref().map(rows::run).transpose()
                 }
 
-                async fn run_state(
+                async fn run_states(
                     &self,
-                    id: &str,
-                ) -> Result<Option<(RunRecord, Vec<StepExecution>)>> {
-                    let sql = rows::run_states_sql("r.id = $1");
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(id)
-                        .fetch_all(self.reader())
-                        .await?;
-                    Ok(rows::run_states(&rows)?.pop())
+                    ids: &[&str],
+                ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
+                    self.read_run_states(ids).await
                 }
 
                 async fn step_executions(&self, run_id: &str) -> Result<Vec<StepExecution>> {

@@ -83,6 +83,14 @@ impl Backend for SqliteStore {
         rows::run_states(&rows)
     }
 
+    /// The query of [`Self::load_run_states`] on a reader connection.
+    async fn read_run_states(
+        &self,
+        run_ids: &[&str],
+    ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
+        Self::load_run_states(&mut *self.reader().acquire().await?, run_ids).await
+    }
+
     async fn take_jobs(conn: &mut SqliteConnection, jobs: &[(i64, i64)]) -> Result<Vec<i64>> {
         Ok(sqlx::query_scalar(
             "DELETE FROM jobs WHERE (id, lease_token) IN \

@@ -70,6 +70,25 @@ pub async fn create_and_read(db: &TestDb) {
         (wait.status, wait.started_at),
         (StepStatus::Running, Some(T0))
     );
+
+    // Runs read together: in id order, each once with its own executions, unknown ids left out.
+    let ids = [timed.id.as_str(), "run_missing", run.id.as_str(), &run.id];
+    let states = s.run_states(&ids).await.unwrap();
+    let read: Vec<(&str, Vec<&str>)> = (states.iter())
+        .map(|(r, steps)| {
+            (
+                r.id.as_str(),
+                steps.iter().map(|e| e.step_id.as_str()).collect(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (run.id.as_str(), vec!["a", "b"]),
+        (timed.id.as_str(), vec!["wait"]),
+    ];
+    expected.sort();
+    assert_eq!(read, expected);
+    assert!(s.run_states(&["run_missing"]).await.unwrap().is_empty());
 }
 
 /// A run whose plan resolves its steps itself is written finished, with its event, in the

@@ -4,10 +4,11 @@
 mod planner;
 mod steps;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookflow_store::{ClaimedJob, StepResult};
+use hookflow_store::{ClaimedJob, RunRecord, StepExecution, StepResult};
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms};
@@ -43,11 +44,21 @@ pub async fn run(app: Arc<App>) {
             }
         };
         let full = jobs.len() == free;
+        let states = match read_states(&app, &jobs).await {
+            Ok(states) => states,
+            Err(e) => {
+                // The jobs stay leased: they run again when their leases expire.
+                tracing::error!(error = %e, "reading the runs of claimed jobs failed");
+                tokio::time::sleep(ERROR_BACKOFF).await;
+                continue;
+            }
+        };
         for job in jobs {
             let permit = slots.clone().acquire_owned().await.expect("semaphore open");
             let app = app.clone();
+            let state = states.get(&job.run_id).cloned();
             tokio::spawn(async move {
-                execute(app, job).await;
+                execute(app, job, state).await;
                 drop(permit);
             });
         }
@@ -77,20 +88,39 @@ async fn sleep_until_due(app: &App) {
     }
 }
 
+/// A run with every execution of its steps, as read when its job was claimed.
+type RunState = Arc<(RunRecord, Vec<StepExecution>)>;
+
+/// The runs of a batch of claimed jobs, read in one query, by run id.
+async fn read_states(
+    app: &App,
+    jobs: &[ClaimedJob],
+) -> hookflow_store::Result<HashMap<String, RunState>> {
+    let mut ids: Vec<&str> = jobs.iter().map(|j| j.run_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let states = app.store.run_states(&ids).await?;
+    Ok(states
+        .into_iter()
+        .map(|state| (state.0.id.clone(), Arc::new(state)))
+        .collect())
+}
+
 /// Executes one job and commits its outcome. Errors leave the job leased: it runs again when
 /// the lease expires.
-async fn execute(app: Arc<App>, job: ClaimedJob) {
-    if let Err(e) = try_execute(&app, &job).await {
+async fn execute(app: Arc<App>, job: ClaimedJob, state: Option<RunState>) {
+    if let Err(e) = try_execute(&app, &job, state).await {
         tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
     }
 }
 
-async fn try_execute(app: &Arc<App>, job: &ClaimedJob) -> anyhow::Result<()> {
-    let (run, executions) = app
-        .store
-        .run_state(&job.run_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("run {} not found", job.run_id))?;
+async fn try_execute(
+    app: &Arc<App>,
+    job: &ClaimedJob,
+    state: Option<RunState>,
+) -> anyhow::Result<()> {
+    let state = state.ok_or_else(|| anyhow::anyhow!("run {} not found", job.run_id))?;
+    let (run, executions) = &*state;
     let def = app
         .definition(&run.workspace_id, &run.workflow, run.version)
         .await?
@@ -102,9 +132,9 @@ async fn try_execute(app: &Arc<App>, job: &ClaimedJob) -> anyhow::Result<()> {
             let step = def
                 .step(step_id)
                 .ok_or_else(|| anyhow::anyhow!("step {step_id} not in workflow"))?;
-            let (_, outputs) = step_states(&def, &executions);
-            let ctx = run_context(&run, &outputs, &secrets);
-            Some(steps::execute(app, &run, step, job, &ctx).await)
+            let (_, outputs) = step_states(&def, executions);
+            let ctx = run_context(run, &outputs, &secrets);
+            Some(steps::execute(app, run, step, job, &ctx).await)
         }
     };
     if let Some(result) = &result {
