@@ -2,7 +2,8 @@
 //! [`Backend::create_unchecked`] calls on one node hand over, are written by one statement, in
 //! one transaction, so PostgreSQL parses, executes and flushes its WAL once per batch instead of
 //! once per run; so are delivery attempts. Finished jobs are applied a batch per transaction
-//! (see [`crate::shared::queue`]).
+//! (see [`crate::shared::queue`]), their runs' writes sent once per round (see
+//! [`super::run_rows`]).
 //!
 //! [`Backend::create_unchecked`]: crate::shared::Backend::create_unchecked
 
@@ -223,12 +224,15 @@ impl BatchWrite for Finishes {
 
     async fn write(&self, batch: &[&Finish]) -> Result<Vec<Applied>> {
         let mut tx = Tx::begin(&self.pool, &self.notifier).await?;
+        tx.defer_run_writes();
         let applied = PgStore::finish_batch(&mut tx, batch).await?;
         tx.commit().await?;
         Ok(applied)
     }
 
-    /// Each job's writes are statements of their own: no batch grows one large statement.
+    /// Not counted: sizing an output means serializing it. The rows a round writes together
+    /// (see [`super::run_rows`]) copy outputs the batch already holds, each bounded by its
+    /// step's limits, and a batch holds at most [`crate::batch`]'s item limit.
     fn bytes(_finish: &Finish) -> usize {
         0
     }

@@ -11,22 +11,12 @@ use crate::batch::{BatchWrite, Batcher};
 use crate::shared::new_runs;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
+use crate::shared::run_rows::{Ended, RunRows};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     Applied, ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
     StepExecution,
 };
-
-/// Abandons the open work of a run that ends ($1: the run, $2: the time): its jobs first (a
-/// claimer holds its job before it touches the job's execution row), then its open attempts and
-/// its pending approvals.
-const ABANDON_OPEN_WORK: [&str; 3] = [
-    "DELETE FROM jobs WHERE run_id = $1",
-    "UPDATE step_executions SET status = 'abandoned', finished_at = $2 \
-     WHERE run_id = $1 AND status IN ('scheduled', 'running')",
-    "UPDATE approvals SET status = 'cancelled' WHERE run_id = $1 AND status = 'pending'",
-];
 
 impl Backend for PgStore {
     type Db = Postgres;
@@ -131,93 +121,14 @@ impl Backend for PgStore {
         Ok(status)
     }
 
-    /// One statement whatever changes: each part is a no-op when it has nothing to write (a
-    /// NULL step, empty arrays, a NULL event or status), so every write shares one prepared
-    /// statement. A run ending with open work then abandons it in three more.
-    async fn write_run(tx: &mut Tx, writes: &RunWrites<'_>) -> Result<bool> {
-        let run = writes.run;
-        let sql = format!(
-            "WITH step AS ( \
-               UPDATE step_executions SET status = $4, output = $5, error = $6, \
-                 finished_at = $2, started_at = COALESCE(started_at, $2) \
-               WHERE run_id = $1 AND step_id = $3 AND attempt = $7), \
-             inline AS ( \
-               INSERT INTO step_executions (run_id, step_id, attempt, status, output, \
-                 created_at, started_at, finished_at) \
-               SELECT $1, step_id, 1, status, output, $2, $2, $2 \
-               FROM unnest($8::text[], $9::text[], $10::text[]) AS t (step_id, status, output)), \
-             {steps}, \
-             event AS ( \
-               INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
-                 payload, url, status, run_at, created_at, updated_at) \
-               SELECT $18, $1, $19, $20, $21, $22, $23, 'pending', $2, $2, $2 \
-               WHERE $18::text IS NOT NULL) \
-             UPDATE runs SET status = $24, \
-               output = CASE WHEN $25 THEN $26 ELSE output END, \
-               error = CASE WHEN $25 THEN $27 ELSE error END, \
-               finished_at = CASE WHEN $25 THEN $2::bigint ELSE finished_at END \
-             WHERE id = $1 AND $24::text IS NOT NULL \
-             RETURNING $25 AND {PROMOTE_CHECK}",
-            steps = steps_ctes(11),
-        );
-        let step = writes.step.as_ref();
-        let end = writes.end;
-        let event = end.and_then(|t| t.event.as_ref());
-        let status = end.map(|t| t.status).or(writes.status);
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&run.id)
-            .bind(writes.now)
-            .bind(step.map(|s| s.step_id))
-            .bind(step.map(|s| s.status))
-            .bind(step.and_then(|s| s.output.as_deref()))
-            .bind(step.and_then(|s| s.error.as_deref()))
-            .bind(step.map(|s| s.attempt))
-            .bind(writes.inline.iter().map(|i| i.0).collect::<Vec<_>>())
-            .bind(writes.inline.iter().map(|i| i.1).collect::<Vec<_>>())
-            .bind(
-                writes
-                    .inline
-                    .iter()
-                    .map(|i| i.2.as_deref())
-                    .collect::<Vec<_>>(),
-            );
-        let row = bind_steps(
-            query,
-            writes
-                .start
-                .iter()
-                .map(|s| (run.id.as_str(), writes.now, s)),
-        )
-        .bind(event.map(|e| &e.id))
-        .bind(&run.workspace_id)
-        .bind(&run.deployment_id)
-        .bind(event.map(|e| &e.event_type))
-        .bind(event.map(|e| &e.payload))
-        .bind(event.map(|e| &e.url))
-        .bind(status.map(RunStatus::as_str))
-        .bind(end.is_some())
-        .bind(end.and_then(|t| t.output.as_ref()).map(|v| v.to_string()))
-        .bind(Self::clean(end.and_then(|t| t.error.as_deref())))
-        .fetch_optional(&mut **tx)
-        .await?;
-        let promote: Option<Option<bool>> = row.map(|r| r.try_get(0)).transpose()?;
-        if writes.abandon {
-            let [jobs, steps, approvals] = ABANDON_OPEN_WORK;
-            sqlx::query(jobs).bind(&run.id).execute(&mut **tx).await?;
-            (sqlx::query(steps).bind(&run.id).bind(writes.now))
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query(approvals)
-                .bind(&run.id)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(promote.flatten().unwrap_or(false))
+    fn deferred(tx: &mut Tx) -> &mut Option<RunRows> {
+        &mut tx.deferred
     }
 
-    /// Nothing: PostgreSQL sends each run's writes at once.
-    async fn flush_run_writes(_tx: &mut Tx) -> Result<()> {
-        Ok(())
+    /// One statement, then three more for runs that end with open work (see
+    /// [`super::run_rows`]).
+    async fn send_run_rows(tx: &mut Tx, rows: RunRows) -> Result<Vec<Ended>> {
+        super::run_rows::send(tx, rows).await
     }
 
     /// One statement for all steps, then wakes the other nodes.

@@ -16,6 +16,7 @@
 mod batch;
 mod dialect;
 mod listen;
+mod run_rows;
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::batch::Batcher;
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
+use crate::shared::run_rows::RunRows;
 use crate::{Applied, Result, Signal, StoreError};
 use listen::Notifier;
 
@@ -98,6 +100,8 @@ pub(crate) struct Tx {
     inner: Transaction<'static, Postgres>,
     signals: Vec<Signal>,
     notifier: Notifier,
+    /// Run writes held back to be sent together (see [`Tx::defer_run_writes`]).
+    deferred: Option<RunRows>,
 }
 
 impl Tx {
@@ -107,6 +111,7 @@ impl Tx {
             inner: pool.begin().await?,
             signals: Vec::new(),
             notifier: notifier.clone(),
+            deferred: None,
         })
     }
 
@@ -117,7 +122,18 @@ impl Tx {
         }
     }
 
+    /// From now on, `write_run` adds the run's rows to those of this transaction, sent by
+    /// `flush_run_writes` (see [`crate::shared::Backend::deferred`]): a batch of outcomes then
+    /// costs a few statements instead of one per run. Committing with writes left unsent fails.
+    pub(super) fn defer_run_writes(&mut self) {
+        self.deferred = Some(RunRows::default());
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
+        if self.deferred.as_ref().is_some_and(|rows| !rows.is_empty()) {
+            // Dropping the transaction rolls it back: nothing is committed half-written.
+            return Err(StoreError::Corrupt("run writes left unsent".into()));
+        }
         self.inner.commit().await?;
         self.notifier.send(self.signals);
         Ok(())

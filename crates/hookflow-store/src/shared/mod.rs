@@ -21,6 +21,7 @@ pub(crate) mod outbox;
 pub(crate) mod paging;
 pub(crate) mod queue;
 pub(crate) mod rows;
+pub(crate) mod run_rows;
 pub(crate) mod run_writes;
 pub(crate) mod runs;
 
@@ -140,17 +141,52 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     /// the backend's cheapest way, returning its status.
     fn create_unchecked(&self, run: &NewRun) -> impl Future<Output = Result<RunStatus>> + Send;
 
-    /// Writes the changes of a live, locked run in one round trip; returns, when it ends the
-    /// run, the run's [`run_writes::PROMOTE_CHECK`] (false otherwise). A backend may hold the
-    /// writes back until [`Backend::flush_run_writes`] (and then return false).
+    /// The rows of live runs that `tx` holds back to send together (see
+    /// [`Backend::write_run`]); None when it sends each run's at once.
+    fn deferred(tx: &mut Self::Tx) -> &mut Option<run_rows::RunRows>;
+
+    /// Writes rows of live runs (see [`run_rows`]), returning the runs they ended.
+    fn send_run_rows(
+        tx: &mut Self::Tx,
+        rows: run_rows::RunRows,
+    ) -> impl Future<Output = Result<Vec<run_rows::Ended>>> + Send;
+
+    /// Writes the changes of a live, locked run; returns, when it ends the run, the run's
+    /// [`run_writes::PROMOTE_CHECK`] (false otherwise). A write that defers run writes (see
+    /// [`Backend::deferred`]) holds them back until [`Backend::flush_run_writes`] (and returns
+    /// false).
     fn write_run(
         tx: &mut Self::Tx,
         writes: &run_writes::RunWrites<'_>,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<bool>> + Send {
+        async move {
+            if let Some(rows) = Self::deferred(tx) {
+                rows.push_run_writes(writes, Self::clean);
+                return Ok(false);
+            }
+            let mut rows = run_rows::RunRows::default();
+            rows.push_run_writes(writes, Self::clean);
+            let ended = Self::send_run_rows(tx, rows).await?;
+            Ok(ended.first().is_some_and(|end| end.promote == Some(true)))
+        }
+    }
 
-    /// Sends the run writes held back by [`Backend::write_run`], and promotes the deployments
-    /// of the runs they ended, as needed.
-    fn flush_run_writes(tx: &mut Self::Tx) -> impl Future<Output = Result<()>> + Send;
+    /// Sends the run writes held back by [`Backend::write_run`], then promotes the
+    /// deployments of the runs they ended that call for it.
+    fn flush_run_writes(tx: &mut Self::Tx) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let Some(rows) = Self::deferred(tx).replace(run_rows::RunRows::default()) else {
+                return Ok(());
+            };
+            let mut promoted = std::collections::HashSet::new();
+            for end in Self::send_run_rows(tx, rows).await? {
+                if end.promote == Some(true) && promoted.insert(end.deployment_id.clone()) {
+                    Self::promote(tx, &end.deployment_id, end.finished_at).await?;
+                }
+            }
+            Ok(())
+        }
+    }
 
     /// Inserts step executions and their jobs.
     fn schedule_steps(

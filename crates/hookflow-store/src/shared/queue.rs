@@ -5,7 +5,7 @@
 //! arrive while one batch is written are applied together in the next, in one transaction that
 //! loads (and locks) their runs in one go and takes their jobs in one statement. A run with
 //! several jobs in one batch is advanced once per round, each round seeing the last one's
-//! writes; a backend may send the writes of a round's runs together
+//! writes; the writes of a round's runs are sent together
 //! ([`crate::shared::Backend::flush_run_writes`]).
 
 use std::sync::Arc;

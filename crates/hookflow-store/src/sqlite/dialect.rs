@@ -3,8 +3,6 @@
 //! remains is SQL that SQLite spells differently (no data-changing CTEs, no `DISTINCT ON`, its
 //! own JSON functions).
 
-use std::collections::HashSet;
-
 use sqlx::QueryBuilder;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 
@@ -15,7 +13,7 @@ use crate::batch::{BatchWrite, Batcher};
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::shared::run_writes::RunWrites;
+use crate::shared::run_rows::{Ended, RunRows};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
     Applied, ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
@@ -112,33 +110,13 @@ impl Backend for SqliteStore {
         Ok(status)
     }
 
-    /// One round trip: every change as one multi-statement query (see [`super::sets`]). In a
-    /// write that defers run writes (see [`WriteTx::defer_run_writes`]) the rows join the
-    /// write's others instead, and its flush promotes.
-    async fn write_run(tx: &mut WriteTx, writes: &RunWrites<'_>) -> Result<bool> {
-        if let Some(sets) = tx.deferred.as_mut() {
-            sets.push_run_writes(writes, Self::clean);
-            return Ok(false);
-        }
-        let mut sets = Sets::default();
-        sets.push_run_writes(writes, Self::clean);
-        let ended = send_run_writes(tx, sets).await?;
-        Ok(ended.first().is_some_and(|end| end.promote == Some(true)))
+    fn deferred(tx: &mut WriteTx) -> &mut Option<RunRows> {
+        &mut tx.deferred
     }
 
-    /// Sends the run writes the write deferred, in one multi-statement query, then promotes
-    /// the deployments of the runs it ended that call for it.
-    async fn flush_run_writes(tx: &mut WriteTx) -> Result<()> {
-        let Some(sets) = tx.deferred.replace(Sets::default()) else {
-            return Ok(());
-        };
-        let mut promoted = HashSet::new();
-        for end in send_run_writes(tx, sets).await? {
-            if end.promote == Some(true) && promoted.insert(end.deployment_id.clone()) {
-                Self::promote(tx, &end.deployment_id, end.finished_at).await?;
-            }
-        }
-        Ok(())
+    /// One round trip: every change as one multi-statement query (see [`super::sets`]).
+    async fn send_run_rows(tx: &mut WriteTx, rows: RunRows) -> Result<Vec<Ended>> {
+        send_sets(tx, rows.into()).await
     }
 
     /// One round trip for all steps: both inserts in one multi-statement query.
@@ -148,9 +126,9 @@ impl Backend for SqliteStore {
         steps: &[NewStep],
         now: Millis,
     ) -> Result<()> {
-        let mut sets = Sets::default();
-        sets.push_steps(run_id, steps, now);
-        send_run_writes(tx, sets).await.map(drop)
+        let mut rows = RunRows::default();
+        rows.push_steps(run_id, steps, now);
+        Self::send_run_rows(tx, rows).await.map(drop)
     }
 
     async fn promote(tx: &mut WriteTx, deployment_id: &str, now: Millis) -> Result<()> {
@@ -234,17 +212,8 @@ impl Backend for SqliteStore {
     }
 }
 
-/// A run a write ended, as its `UPDATE` returns it.
-#[derive(sqlx::FromRow)]
-struct Ended {
-    deployment_id: String,
-    finished_at: Millis,
-    /// The run's [`crate::shared::run_writes::PROMOTE_CHECK`].
-    promote: Option<bool>,
-}
-
 /// Sends rows of runs, returning the runs they ended.
-async fn send_run_writes(tx: &mut WriteTx, sets: Sets) -> Result<Vec<Ended>> {
+async fn send_sets(tx: &mut WriteTx, sets: Sets) -> Result<Vec<Ended>> {
     let script = sets.script();
     if script.is_empty() {
         return Ok(Vec::new());
@@ -262,11 +231,11 @@ impl WriteTx {
     /// Nothing to do: SQLite serves one node, and every wake-up is in-process.
     pub(crate) fn signal(&mut self, _signal: Signal) {}
 
-    /// From now on, [`SqliteStore::write_run`] adds the run's rows to those of this write,
-    /// sent by [`SqliteStore::flush_run_writes`] (a batch of outcomes then costs
+    /// From now on, `write_run` adds the run's rows to those of this write, sent by
+    /// `flush_run_writes` (see [`Backend::deferred`]) (a batch of outcomes then costs
     /// one round trip to the writer connection instead of one per run). Every later write of
     /// a run it holds must come after a flush; committing with writes left unflushed fails.
     pub(super) fn defer_run_writes(&mut self) {
-        self.deferred = Some(Sets::default());
+        self.deferred = Some(RunRows::default());
     }
 }

@@ -4,13 +4,11 @@
 //! connection prepares once and keeps; each statement also costs a hand-off between the
 //! connection's thread and the writing task, so fewer statements mean fewer hand-offs.
 
-use serde::Serialize;
-
 use super::script::Script;
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
-use crate::shared::run_writes::{PROMOTE_CHECK, RunWrites};
-use crate::{Millis, NewEvent, NewStep};
+use crate::shared::run_rows::{Rows, RunRows};
+use crate::shared::run_writes::PROMOTE_CHECK;
 
 /// New runs: (id, workspace, deployment, deployment name, variant, workflow, version, status,
 /// source, delivery, callback URL, inputs, user, metadata, settings, created at, output, error,
@@ -100,30 +98,11 @@ fn end_runs_sql() -> String {
     )
 }
 
-/// A JSON array of rows, each a JSON array, built row by row.
-#[derive(Default)]
-struct Rows(String);
-
-impl Rows {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn push(&mut self, row: impl Serialize) {
-        self.0.push(if self.0.is_empty() { '[' } else { ',' });
-        // Tuples of strings, numbers and options always serialize.
-        self.0
-            .push_str(&serde_json::to_string(&row).expect("rows serialize"));
-    }
-
-    /// Appends `sql`, reading this array as its `$1`, to `script` (nothing when no row).
-    fn append(self, script: Script, sql: &str) -> Script {
-        if self.is_empty() {
-            return script;
-        }
-        let mut json = self.0;
-        json.push(']');
-        script.numbered(sql).bind(json)
+/// Appends `sql`, reading `rows` as its `$1`, to `script` (nothing when no row).
+fn append(script: Script, rows: Rows, sql: &str) -> Script {
+    match rows.into_json() {
+        Some(json) => script.numbered(sql).bind(json),
+        None => script,
     }
 }
 
@@ -131,14 +110,19 @@ impl Rows {
 #[derive(Default)]
 pub(super) struct Sets {
     runs: Rows,
-    outcomes: Rows,
-    inline: Rows,
-    steps: Rows,
-    abandon: Rows,
-    events: Rows,
-    statuses: Rows,
-    ends: Rows,
     attempts: Rows,
+    /// Rows of live runs, and of new runs' steps and events.
+    pub(super) live: RunRows,
+}
+
+impl From<RunRows> for Sets {
+    /// Rows of live runs only.
+    fn from(live: RunRows) -> Self {
+        Self {
+            live,
+            ..Self::default()
+        }
+    }
 }
 
 impl Sets {
@@ -167,72 +151,12 @@ impl Sets {
             row.finished_at,
         ]));
         for (step, status, output) in &row.inline {
-            self.inline
-                .push((&row.id, step, status, output, row.created_at));
+            (self.live.inline).push((&row.id, step, status, output, row.created_at));
         }
-        self.push_steps(&row.id, &row.start, row.created_at);
+        (self.live).push_steps(&row.id, &row.start, row.created_at);
         if let Some(event) = &row.event {
             let run = [&row.id, &row.workspace_id, &row.deployment_id];
-            self.push_event(run, event, row.created_at);
-        }
-    }
-
-    /// Adds the writes of a live run (see [`RunWrites`]); `clean` is the backend's.
-    pub(super) fn push_run_writes(
-        &mut self,
-        writes: &RunWrites<'_>,
-        clean: fn(Option<&str>) -> Option<String>,
-    ) {
-        let (run, now) = (writes.run, writes.now);
-        if let Some(step) = &writes.step {
-            self.outcomes.push((
-                &run.id,
-                step.step_id,
-                step.attempt,
-                step.status,
-                &step.output,
-                &step.error,
-                now,
-            ));
-        }
-        for (step, status, output) in &writes.inline {
-            self.inline.push((&run.id, step, status, output, now));
-        }
-        self.push_steps(&run.id, writes.start, now);
-        if writes.abandon {
-            self.abandon.push((&run.id, now));
-        }
-        if let Some(end) = writes.end {
-            if let Some(event) = &end.event {
-                let ids = [&run.id, &run.workspace_id, &run.deployment_id];
-                self.push_event(ids, event, now);
-            }
-            let output = end.output.as_ref().map(|v| v.to_string());
-            let error = clean(end.error.as_deref());
-            self.ends
-                .push((&run.id, end.status.as_str(), output, error, now));
-        } else if let Some(status) = writes.status {
-            self.statuses.push((&run.id, status.as_str()));
-        }
-    }
-
-    /// Adds steps to schedule, with their jobs, of the run `run_id`.
-    pub(super) fn push_steps(&mut self, run_id: &str, steps: &[NewStep], now: Millis) {
-        for step in steps {
-            let (status, started) = match step.timer {
-                true => ("running", Some(now)),
-                false => ("scheduled", None),
-            };
-            self.steps.push((
-                run_id,
-                &step.step_id,
-                step.attempt,
-                status,
-                started,
-                now,
-                step.run_at,
-                step.lease_ms,
-            ));
+            self.live.push_event(run, event, row.created_at);
         }
     }
 
@@ -257,50 +181,20 @@ impl Sets {
         ));
     }
 
-    /// Adds a run's event, due at once; `run` holds the run's id, workspace and deployment.
-    fn push_event(&mut self, [run, ws, deployment]: [&String; 3], event: &NewEvent, now: Millis) {
-        self.events.push((
-            &event.id,
-            run,
-            ws,
-            deployment,
-            &event.event_type,
-            &event.payload,
-            &event.url,
-            now,
-        ));
-    }
-
-    /// Whether no row was added.
-    pub(super) fn is_empty(&self) -> bool {
-        [
-            &self.runs,
-            &self.outcomes,
-            &self.inline,
-            &self.steps,
-            &self.abandon,
-            &self.events,
-            &self.statuses,
-            &self.ends,
-            &self.attempts,
-        ]
-        .iter()
-        .all(|rows| rows.is_empty())
-    }
-
     /// The statements writing every row added, in an order that keeps each write's meaning
     /// (runs before their steps, an applied attempt before the abandoning of the rest), the
     /// runs' ends last: the only statement that returns rows.
     pub(super) fn script(self) -> Script {
+        let live = self.live;
         let script = Script::new("");
-        let script = self.runs.append(script, INSERT_RUNS);
-        let script = self.outcomes.append(script, UPDATE_OUTCOMES);
-        let script = self.inline.append(script, INSERT_INLINE);
-        let script = self.steps.append(script, INSERT_STEPS);
-        let script = self.abandon.append(script, ABANDON_OPEN_WORK);
-        let script = self.events.append(script, INSERT_EVENTS);
-        let script = self.statuses.append(script, UPDATE_STATUSES);
-        let script = self.attempts.append(script, RECORD_ATTEMPTS);
-        self.ends.append(script, &end_runs_sql())
+        let script = append(script, self.runs, INSERT_RUNS);
+        let script = append(script, live.outcomes, UPDATE_OUTCOMES);
+        let script = append(script, live.inline, INSERT_INLINE);
+        let script = append(script, live.steps, INSERT_STEPS);
+        let script = append(script, live.abandon, ABANDON_OPEN_WORK);
+        let script = append(script, live.events, INSERT_EVENTS);
+        let script = append(script, live.statuses, UPDATE_STATUSES);
+        let script = append(script, self.attempts, RECORD_ATTEMPTS);
+        append(script, live.ends, &end_runs_sql())
     }
 }

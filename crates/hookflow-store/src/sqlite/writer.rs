@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
-use super::sets::Sets;
+use crate::shared::run_rows::RunRows;
 use crate::{Result, StoreError};
 
 /// Writes that may share one commit.
@@ -152,18 +152,14 @@ pub struct WriteTx {
     state: Option<OwnedMutexGuard<State>>,
     /// Run writes held back to be sent together, when the write defers them (see
     /// [`WriteTx::defer_run_writes`]).
-    pub(super) deferred: Option<Sets>,
+    pub(super) deferred: Option<RunRows>,
 }
 
 impl WriteTx {
     /// Keeps this write and returns once the transaction holding it is committed. The
     /// finishing work runs in its own task, so a caller that goes away cannot interrupt it.
     pub async fn commit(mut self) -> Result<()> {
-        if self
-            .deferred
-            .as_ref()
-            .is_some_and(|script| !script.is_empty())
-        {
+        if self.deferred.as_ref().is_some_and(|rows| !rows.is_empty()) {
             // Dropping the write undoes it: nothing is committed half-written.
             return Err(StoreError::Corrupt("run writes left unsent".into()));
         }
