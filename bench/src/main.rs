@@ -339,6 +339,15 @@ async fn bench(cli: Cli) -> anyhow::Result<bool> {
         params.measure.as_secs_f64(),
         params.backlog
     );
+    if cli.backends.contains(&Backend::Postgres)
+        && let Ok(settings) = postgres_settings(&ctx.postgres_url).await
+        && settings["autovacuum"] == "off"
+    {
+        eprintln!(
+            "note: PostgreSQL runs with autovacuum off: dead rows of the queue tables pile up \
+             and the PostgreSQL figures fall as a run goes on"
+        );
+    }
 
     let deadline = Instant::now() + params.overall_timeout;
     let mut rows = Vec::new();
@@ -374,6 +383,7 @@ async fn bench(cli: Cli) -> anyhow::Result<bool> {
         let mut figures = Value::Object(std::mem::take(&mut partial.figures));
         if backend == Backend::Postgres {
             figures["postgres_version"] = json!(postgres_version(&ctx.postgres_url).await.ok());
+            figures["postgres_settings"] = json!(postgres_settings(&ctx.postgres_url).await.ok());
         }
         if let Err(e) = &outcome {
             all_ok = false;
@@ -468,6 +478,21 @@ async fn postgres_version(url: &str) -> anyhow::Result<String> {
         .fetch_one(&mut conn)
         .await?;
     Ok(v)
+}
+
+/// The server settings that move the figures most. With `autovacuum` off, the dead rows the
+/// queue tables (jobs, deliveries) leave pile up until someone vacuums, and claims slow down.
+async fn postgres_settings(url: &str) -> anyhow::Result<Value> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('autovacuum', \
+         'autovacuum_naptime', 'fsync', 'synchronous_commit', 'shared_buffers', 'max_wal_size') \
+         ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let settings = rows.into_iter().map(|(name, v)| (name, Value::String(v)));
+    Ok(Value::Object(settings.collect()))
 }
 
 /// The URL of database `name` on the server of `url`.

@@ -68,6 +68,16 @@ impl PgStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+            .fetch_one(&pool)
+            .await?;
+        if autovacuum == "off" {
+            tracing::warn!(
+                "PostgreSQL runs with autovacuum off: the dead rows that the jobs and deliveries \
+                 tables leave behind pile up until they are vacuumed, and claiming work slows \
+                 down; turn autovacuum on or VACUUM those tables often"
+            );
+        }
         let notifier = Notifier::start(pool.clone());
         let new_runs = Batcher::start(batch::NewRuns {
             pool: pool.clone(),
