@@ -121,7 +121,8 @@ pub(crate) struct Tx {
 /// benchmark: ~1 ms per batch of outcomes with under a thousand executions, where one
 /// lookup takes 0.05 ms). These settings only price scans and hash or merge joins out; a
 /// statement with no index to use still scans. Sent with `BEGIN`: no extra round trip.
-const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off;     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 impl Tx {
     /// Begins a write transaction (see [`BEGIN_KEYED`]) on a connection of `pool`.
