@@ -112,7 +112,7 @@ pub(super) struct Sets {
     runs: Rows,
     attempts: Rows,
     /// Rows of live runs, and of new runs' steps and events.
-    pub(super) live: RunRows,
+    live: RunRows,
 }
 
 impl From<RunRows> for Sets {
@@ -151,9 +151,11 @@ impl Sets {
             row.finished_at,
         ]));
         for (step, status, output) in &row.inline {
-            (self.live.inline).push((&row.id, step, status, output, row.created_at));
+            self.live
+                .inline
+                .push((&row.id, step, status, output, row.created_at));
         }
-        (self.live).push_steps(&row.id, &row.start, row.created_at);
+        self.live.push_steps(&row.id, &row.start, row.created_at);
         if let Some(event) = &row.event {
             let run = [&row.id, &row.workspace_id, &row.deployment_id];
             self.live.push_event(run, event, row.created_at);
