@@ -109,6 +109,19 @@ async fn pending_callbacks_survive_a_sigkill() {
         );
     }
     wait_callbacks_for(&receiver, &ids).await;
+    // The kill must land between attempts: once each first attempt is logged. A kill between an
+    // attempt and its log leaves the event leased for the callback timeout + 30 s, longer than
+    // this test waits.
+    let deadline = std::time::Instant::now() + WAIT;
+    for id in &ids {
+        while api.deliveries(id).await.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {id}: no attempt logged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     server.kill().await;
     server.restart().await;
     let api = server.api();
