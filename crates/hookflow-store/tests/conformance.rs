@@ -139,3 +139,42 @@ async fn postgres_nodes_migrate_together() {
         node.close().await;
     }
 }
+
+/// A node vacuums a queue table once churn leaves its threshold of dead rows behind, whether
+/// autovacuum is on or off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_vacuums_churned_queues() {
+    let db = TestDb::postgres().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (run_id, attempt, run_at, lease_ms) \
+         SELECT 'r' || n, 1, 0, 0 FROM generate_series(1, 2000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (vacuumed, dead): (bool, i64) = sqlx::query_as(
+            "SELECT last_vacuum IS NOT NULL, n_dead_tup FROM pg_stat_user_tables \
+             WHERE relname = 'jobs' AND schemaname = current_schema()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if vacuumed {
+            assert!(dead < 2000, "the vacuum left {dead} dead rows");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs was not vacuumed within 30 s ({dead} dead rows)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    pool.close().await;
+}

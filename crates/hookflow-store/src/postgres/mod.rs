@@ -17,6 +17,7 @@ mod batch;
 mod dialect;
 mod listen;
 mod run_rows;
+mod vacuum;
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
@@ -73,11 +74,12 @@ impl PgStore {
             .await?;
         if autovacuum == "off" {
             tracing::warn!(
-                "PostgreSQL runs with autovacuum off: the dead rows that the jobs and deliveries \
-                 tables leave behind pile up until they are vacuumed, and claiming work slows \
-                 down; turn autovacuum on or VACUUM those tables often"
+                "PostgreSQL runs with autovacuum off: hookflow vacuums and analyzes the tables \
+                 it churns (jobs, deliveries, step_executions, runs) itself, but no other table \
+                 of the database is vacuumed"
             );
         }
+        vacuum::start(pool.clone());
         let notifier = Notifier::start(pool.clone());
         let new_runs = Batcher::start(batch::NewRuns {
             pool: pool.clone(),
