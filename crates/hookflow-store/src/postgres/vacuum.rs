@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// How often a node looks at the tables.
 const INTERVAL: Duration = Duration::from_secs(5);
@@ -100,19 +100,24 @@ async fn vacuum_dead(pool: &PgPool) -> sqlx::Result<()> {
     if !locked {
         return Ok(());
     }
-    let mut done = Ok(());
+    let done = vacuum_locked(&mut conn, &due).await;
+    if done.is_err() {
+        // Closing the session releases its lock, however far the unlock got.
+        let _ = conn.close().await;
+    }
+    done
+}
+
+/// Runs the statements `due` calls for, then releases the lock.
+async fn vacuum_locked(conn: &mut PgConnection, due: &[Due]) -> sqlx::Result<()> {
     for statement in due.iter().filter_map(Due::statement) {
-        done = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
             .execute(&mut *conn)
-            .await
-            .map(drop);
-        if done.is_err() {
-            break;
-        }
+            .await?;
     }
     sqlx::query("SELECT pg_advisory_unlock($1, 0)")
         .bind(LOCK_SPACE)
-        .execute(&mut *conn)
+        .execute(conn)
         .await?;
-    done
+    Ok(())
 }
