@@ -1,15 +1,28 @@
 //! Prometheus metrics: the recorder, and the HTTP middleware that counts every request.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Installs the process-wide recorder; the handle renders `/metrics`.
+/// How often histogram samples are folded into their summaries. The recorder keeps every
+/// sample until then (or until `/metrics` is scraped): without this, a node nobody scrapes
+/// grew by a sample for every request (the benchmark's RSS rose by 24 MiB over 900k invokes).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide recorder and its upkeep task; the handle renders `/metrics`.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    Ok(PrometheusBuilder::new().install_recorder()?)
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    let upkept = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(UPKEEP_INTERVAL).await;
+            upkept.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// Counts requests and their latency by method, route and status.
