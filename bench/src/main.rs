@@ -499,6 +499,30 @@ fn pg_url_for(url: &str, name: &str) -> anyhow::Result<String> {
     Ok(format!("{host_part}/{name}{query}"))
 }
 
+/// Waits until no `VACUUM` or `ANALYZE` has run in the database for longer than hookflow's
+/// vacuum interval (5 s), at most two minutes; answers how long it waited.
+async fn settle_vacuums(url: &str) -> anyhow::Result<Duration> {
+    const QUIET: Duration = Duration::from_secs(6);
+    const MAX_WAIT: Duration = Duration::from_secs(120);
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let started = Instant::now();
+    let mut quiet_since = started;
+    while quiet_since.elapsed() < QUIET && started.elapsed() < MAX_WAIT {
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state = 'active' AND query ~* '^\\s*(VACUUM|ANALYZE)'",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        if busy > 0 {
+            quiet_since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    conn.close().await?;
+    Ok(started.elapsed())
+}
+
 async fn create_pg_database(ctx: &Ctx, prefix: &str) -> anyhow::Result<String> {
     // Only [a-z0-9_]: safe to splice into CREATE/DROP DATABASE.
     let name = format!(
@@ -863,7 +887,15 @@ async fn run_backend(
     }
 
     // 5. The ceiling, right before accept so that both meet the same machine: one durable
-    //    insert per request, same load generator, same body. (hookflow idles meanwhile.)
+    //    insert per request, same load generator, same body. (hookflow idles meanwhile, once
+    //    its PostgreSQL vacuums of what the figures above left behind are over.)
+    if backend == Backend::Postgres {
+        let waited = settle_vacuums(&hookflow_db).await?;
+        eprintln!(
+            "{name}: waited {:.1} s for hookflow's vacuums to end",
+            waited.as_secs_f64()
+        );
+    }
     eprintln!("{name}: ceiling server…");
     let (m, rss) = measure_ceiling(&ctx, backend, &dir, &ceiling_db, timed).await?;
     let design = match backend {
