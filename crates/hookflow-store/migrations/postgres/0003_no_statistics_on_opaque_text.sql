@@ -1,6 +1,7 @@
 -- Columns that hold opaque text (JSON documents, payloads, messages) are never filtered or
--- joined on: ANALYZE skips them instead of sorting samples of large values (analyzing
--- `deliveries` took 390 ms more than vacuuming it, most of it on `payload`).
+-- joined on: ANALYZE skips them instead of sorting samples of large values. Measured in the
+-- benchmark: `VACUUM (ANALYZE) deliveries` took 539 ms on average against 149 ms for `VACUUM`
+-- alone; with these, 381 ms against 133 ms.
 ALTER TABLE runs
     ALTER COLUMN inputs SET STATISTICS 0,
     ALTER COLUMN metadata SET STATISTICS 0,
