@@ -205,6 +205,18 @@ pub struct NewStep {
     pub timer: bool,
 }
 
+/// How soon a new job must be due for its commit to wake the engines. Engines poll at least
+/// this often, so a job due later is found by a poll: a run parked on a long delay costs no
+/// wake-up (and no empty claim) when it is created.
+pub const WAKE_HORIZON_MS: Millis = 500;
+
+impl NewStep {
+    /// Whether any of `steps`, scheduled at `now`, is due within [`WAKE_HORIZON_MS`].
+    pub fn any_due_soon(steps: &[NewStep], now: Millis) -> bool {
+        steps.iter().any(|s| s.run_at < now + WAKE_HORIZON_MS)
+    }
+}
+
 /// What the first answer to an `Idempotency-Key` was.
 #[derive(Debug, Clone)]
 pub struct IdempotencyClaim {
@@ -494,10 +506,13 @@ pub trait Planner: Send + Sync {
 pub enum Applied {
     /// The job's lease was lost (another worker owns it) or the run had ended: nothing changed.
     Stale,
-    /// Applied; `terminal` is set when the run ended.
+    /// Applied; `terminal` is set when the run ended, `event` when a callback was queued, and
+    /// `work` when the engines should look for jobs now: a job due within [`WAKE_HORIZON_MS`]
+    /// was scheduled, or the run ended (which may start runs queued behind it).
     Done {
         terminal: Option<RunStatus>,
         event: bool,
+        work: bool,
     },
 }
 
@@ -551,4 +566,31 @@ pub enum AttemptEffect {
     GiveUp,
     /// A manual attempt that failed: the automatic schedule stays as it was.
     Unchanged,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(run_at: Millis) -> NewStep {
+        NewStep {
+            step_id: "a".into(),
+            attempt: 1,
+            run_at,
+            lease_ms: 1000,
+            timer: false,
+        }
+    }
+
+    #[test]
+    fn only_jobs_due_within_the_wake_horizon_are_due_soon() {
+        let now = 10_000;
+        assert!(NewStep::any_due_soon(&[step(now - 5)], now));
+        assert!(NewStep::any_due_soon(
+            &[step(now + 86_400_000), step(now + WAKE_HORIZON_MS - 1)],
+            now
+        ));
+        assert!(!NewStep::any_due_soon(&[step(now + WAKE_HORIZON_MS)], now));
+        assert!(!NewStep::any_due_soon(&[], now));
+    }
 }

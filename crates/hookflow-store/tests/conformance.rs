@@ -70,6 +70,7 @@ conformance!(
     outbox::manual_event,
     waiting::async_completion,
     waiting::async_timeout,
+    waiting::near_timeout_wakes,
     waiting::racing_completions,
     waiting::approvals,
     waiting::approvals_time_out,

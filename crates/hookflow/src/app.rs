@@ -75,7 +75,12 @@ impl App {
 
     /// Wakes whoever a committed change concerns: the run's sync waiter, delivery, the engine.
     pub fn signal(&self, run_id: &str, applied: &Applied) {
-        if let Applied::Done { terminal, event } = applied {
+        if let Applied::Done {
+            terminal,
+            event,
+            work,
+        } = applied
+        {
             if let Some(status) = terminal {
                 metrics::counter!("hookflow_runs_finished_total", "status" => status.as_str())
                     .increment(1);
@@ -84,7 +89,9 @@ impl App {
             if *event {
                 self.outbox.notify_one();
             }
-            self.work.notify_one();
+            if *work {
+                self.work.notify_one();
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use crate::batch::BatchWrite;
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
-use crate::{Applied, NewEvent, Result, Signal};
+use crate::{Applied, NewEvent, NewStep, Result, Signal};
 
 /// Writes batches of delivery attempts: one statement each.
 pub(super) struct Attempts {
@@ -82,7 +82,10 @@ impl Row {
     /// What the other nodes must hear once this run is committed.
     fn signals(&self, signals: &mut Vec<Signal>) {
         for (wanted, signal) in [
-            (!self.start.is_empty(), Signal::Work),
+            (
+                NewStep::any_due_soon(&self.start, self.created_at),
+                Signal::Work,
+            ),
             (self.event.is_some(), Signal::Outbox),
         ] {
             if wanted && !signals.contains(&signal) {

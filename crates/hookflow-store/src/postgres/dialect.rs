@@ -131,7 +131,7 @@ impl Backend for PgStore {
         super::run_rows::send(tx, rows).await
     }
 
-    /// One statement for all steps, then wakes the other nodes.
+    /// One statement for all steps; wakes the other nodes for those due soon.
     async fn schedule_steps(
         tx: &mut Tx,
         run_id: &str,
@@ -146,7 +146,9 @@ impl Backend for PgStore {
         bind_steps(insert, steps.iter().map(|s| (run_id, now, s)))
             .execute(&mut **tx)
             .await?;
-        tx.signal(Signal::Work);
+        if NewStep::any_due_soon(steps, now) {
+            tx.signal(Signal::Work);
+        }
         Ok(())
     }
 

@@ -15,8 +15,8 @@ macro_rules! impl_lifecycle {
             use $crate::shared::run_writes::{RunWrites, StepRow};
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
-                Applied, Delivery, Millis, NewApproval, NewEvent, Planner, Result, RunRecord,
-                Signal, StepExecution, StepResult, Terminal,
+                Applied, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner, Result,
+                RunRecord, Signal, StepExecution, StepResult, Terminal, WAKE_HORIZON_MS,
             };
 
             impl $store {
@@ -171,6 +171,7 @@ macro_rules! impl_lifecycle {
                     now: Millis,
                 ) -> Result<Applied> {
                     let mut row = None;
+                    let mut timeout_soon = false;
                     if let (Some((step_id, attempt)), Some(result)) = (step, result) {
                         row = StepRow::of(step_id, attempt, result, Self::clean);
                         rows::record_in(&mut steps, step_id, attempt, result, now);
@@ -184,10 +185,14 @@ macro_rules! impl_lifecycle {
                                     ..RunWrites::new(run, now)
                                 };
                                 Self::write_run(tx, &writes).await?;
-                                tx.signal(Signal::Work);
+                                let work = NewStep::any_due_soon(writes.start, now);
+                                if work {
+                                    tx.signal(Signal::Work);
+                                }
                                 return Ok(Applied::Done {
                                     terminal: None,
                                     event: false,
+                                    work,
                                 });
                             }
                             StepResult::Waiting { deadline, approval } => {
@@ -203,7 +208,7 @@ macro_rules! impl_lifecycle {
                                     .bind(TIMER_LEASE_MS)
                                     .execute(&mut **tx)
                                     .await?;
-                                    tx.signal(Signal::Work);
+                                    timeout_soon = *deadline < now + WAKE_HORIZON_MS;
                                 }
                                 if let Some(approval) = approval {
                                     Self::open_approval(tx, run, step_id, attempt, approval, now)
@@ -213,11 +218,12 @@ macro_rules! impl_lifecycle {
                             _ => {}
                         }
                     }
-                    Self::plan(tx, run, &steps, row, planner, now).await
+                    Self::plan(tx, run, &steps, row, planner, now, timeout_soon).await
                 }
 
                 /// Asks the planner what follows from the run's executions, and writes it
-                /// together with the applied attempt's `row`.
+                /// together with the applied attempt's `row`; `timeout_soon` tells that this
+                /// write already scheduled a timeout due within the wake horizon.
                 async fn plan(
                     tx: &mut Tx<Self>,
                     run: &RunRecord,
@@ -225,6 +231,7 @@ macro_rules! impl_lifecycle {
                     row: Option<StepRow<'_>>,
                     planner: &dyn Planner,
                     now: Millis,
+                    timeout_soon: bool,
                 ) -> Result<Applied> {
                     let plan = planner.plan(run, steps, now);
                     let writes = RunWrites {
@@ -238,6 +245,7 @@ macro_rules! impl_lifecycle {
                         return Ok(Applied::Done {
                             terminal: Some(terminal.status),
                             event: terminal.event.is_some(),
+                            work: true,
                         });
                     }
                     let writes = RunWrites {
@@ -246,12 +254,14 @@ macro_rules! impl_lifecycle {
                         ..writes
                     };
                     Self::write_run(tx, &writes).await?;
-                    if !plan.start.is_empty() {
+                    let work = timeout_soon || NewStep::any_due_soon(&plan.start, now);
+                    if work {
                         tx.signal(Signal::Work);
                     }
                     Ok(Applied::Done {
                         terminal: None,
                         event: false,
+                        work,
                     })
                 }
             }

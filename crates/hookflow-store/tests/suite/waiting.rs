@@ -12,13 +12,30 @@ use tokio::task::JoinSet;
 
 use crate::common::{DagPlanner, T0, TestDb, event, fixture, new_run};
 
-/// Starts a one-step run and leaves its step waiting until `deadline`; returns the run id.
-async fn waiting_run(
+/// Starts a one-step run and leaves its step waiting until `deadline` (one second out: beyond
+/// the wake horizon, so the engines are not woken for it); returns the run id.
+async fn waiting_run(db: &TestDb, step: &'static str, approval: Option<NewApproval>) -> String {
+    let deadline = T0 + 1000;
+    let (run_id, applied) = wait_until(db, step, deadline, approval).await;
+    assert_eq!(
+        applied,
+        Applied::Done {
+            terminal: None,
+            event: false,
+            work: false
+        }
+    );
+    run_id
+}
+
+/// Starts a one-step run, leaves its step waiting until `deadline` and returns the run id with
+/// what the wait applied.
+async fn wait_until(
     db: &TestDb,
     step: &'static str,
     deadline: i64,
     approval: Option<NewApproval>,
-) -> String {
+) -> (String, Applied) {
     let (_, dep) = fixture(db, None).await;
     let run = new_run(&dep, &[step]);
     db.store.create_run(&run).await.unwrap();
@@ -33,14 +50,23 @@ async fn waiting_run(
         .finish_job(&job, Some(waiting), planner.shared(), T0 + 1)
         .await
         .unwrap();
+    (run.id, applied)
+}
+
+/// A wait that times out within the wake horizon asks the engines to look for work now.
+pub async fn near_timeout_wakes(db: &TestDb) {
+    let (run_id, applied) = wait_until(db, "hook", T0 + 100, None).await;
     assert_eq!(
         applied,
         Applied::Done {
             terminal: None,
-            event: false
+            event: false,
+            work: true
         }
     );
-    run.id
+    assert_eq!(db.store.next_job_at().await.unwrap(), Some(T0 + 100));
+    let timeout = claim_of(db, &run_id, T0 + 100).await;
+    assert_eq!(timeout.kind, JobKind::Timeout);
 }
 
 async fn claim_of(db: &TestDb, run_id: &str, now: i64) -> ClaimedJob {
@@ -56,7 +82,7 @@ async fn claim_of(db: &TestDb, run_id: &str, now: i64) -> ClaimedJob {
 pub async fn async_completion(db: &TestDb) {
     let s = &db.store;
     let planner = DagPlanner::parallel(&["hook"]);
-    let run_id = waiting_run(db, "hook", T0 + 1000, None).await;
+    let run_id = waiting_run(db, "hook", None).await;
     let step = &s.step_executions(&run_id).await.unwrap()[0];
     assert_eq!(step.status, StepStatus::Running);
     assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + 1000));
@@ -74,7 +100,8 @@ pub async fn async_completion(db: &TestDb) {
             .unwrap(),
         Completion::Applied(Applied::Done {
             terminal: Some(RunStatus::Completed),
-            event: true
+            event: true,
+            work: true
         })
     );
     let step = &s.step_executions(&run_id).await.unwrap()[0];
@@ -101,7 +128,7 @@ pub async fn async_completion(db: &TestDb) {
 pub async fn async_timeout(db: &TestDb) {
     let s = &db.store;
     let planner = DagPlanner::parallel(&["hook"]);
-    let run_id = waiting_run(db, "hook", T0 + 1000, None).await;
+    let run_id = waiting_run(db, "hook", None).await;
     assert!(s.claim_jobs(T0 + 999, 10).await.unwrap().is_empty());
     let timeout = claim_of(db, &run_id, T0 + 1000).await;
     assert_eq!(
@@ -118,7 +145,8 @@ pub async fn async_timeout(db: &TestDb) {
             .unwrap(),
         Applied::Done {
             terminal: Some(RunStatus::Failed),
-            event: true
+            event: true,
+            work: true
         }
     );
     let late = StepResult::Completed(json!(1));
@@ -135,7 +163,7 @@ pub async fn async_timeout(db: &TestDb) {
 pub async fn racing_completions(db: &TestDb) {
     let planner = Arc::new(DagPlanner::parallel(&["hook"]));
     for (round, hashes) in [["same", "same"], ["one", "other"]].into_iter().enumerate() {
-        let run_id = waiting_run(db, "hook", T0 + 1000, None).await;
+        let run_id = waiting_run(db, "hook", None).await;
         let barrier = Arc::new(Barrier::new(2));
         let mut tasks = JoinSet::new();
         for hash in hashes {
@@ -157,6 +185,7 @@ pub async fn racing_completions(db: &TestDb) {
         let applied = Completion::Applied(Applied::Done {
             terminal: Some(RunStatus::Completed),
             event: true,
+            work: true,
         });
         let other = if round == 0 {
             Completion::Duplicate
@@ -272,7 +301,8 @@ pub async fn approvals(db: &TestDb) {
         .unwrap(),
         Completion::Applied(Applied::Done {
             terminal: Some(RunStatus::Completed),
-            event: true
+            event: true,
+            work: true
         })
     );
     let answered = s.approval("apr_1").await.unwrap().unwrap();
@@ -400,6 +430,7 @@ pub async fn racing_answers(db: &TestDb) {
     let applied = Completion::Applied(Applied::Done {
         terminal: Some(RunStatus::Completed),
         event: true,
+        work: true,
     });
     assert!(
         results.contains(&applied) && results.contains(&Completion::Conflict),

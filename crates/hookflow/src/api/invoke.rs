@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hookflow_store::{
-    Applied, CreatedRun, Delivery, Deployment, IdempotencyClaim, NewRun, Plan, Planner, RunRecord,
-    RunStatus, Source,
+    Applied, CreatedRun, Delivery, Deployment, IdempotencyClaim, NewRun, NewStep, Plan, Planner,
+    RunRecord, RunStatus, Source,
 };
 use serde_json::{Map, Value, json};
 
@@ -285,6 +285,7 @@ pub async fn start_run(
                 &Applied::Done {
                     terminal: ended.map(|t| t.status),
                     event: ended.is_some_and(|t| t.event.is_some()),
+                    work: ended.is_some() || NewStep::any_due_soon(&run.plan.start, now),
                 },
             );
             if let (true, Some(terminal)) = (sync, ended) {

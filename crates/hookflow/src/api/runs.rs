@@ -263,6 +263,7 @@ pub async fn cancel(
                 &Applied::Done {
                     terminal: Some(RunStatus::Cancelled),
                     event: has_event,
+                    work: true,
                 },
             );
             let run = find(&app, &auth.workspace_id, &id).await?;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookflow_store::{ClaimedJob, RunRecord, StepExecution, StepResult};
+use hookflow_store::{ClaimedJob, RunRecord, StepExecution, StepResult, WAKE_HORIZON_MS};
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms};
@@ -20,8 +20,9 @@ pub use steps::fail as failed_attempt;
 const MAX_IN_FLIGHT: usize = 256;
 /// Jobs claimed per round trip.
 const CLAIM_BATCH: usize = 64;
-/// Longest sleep between polls (wake-ups are hints; the poll is the safety net).
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest sleep between polls (wake-ups are hints; the poll is the safety net, and finds the
+/// jobs due beyond the wake horizon, which wake no one).
+const POLL_INTERVAL: Duration = Duration::from_millis(WAKE_HORIZON_MS as u64);
 /// Pause after a store error before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
