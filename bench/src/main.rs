@@ -71,7 +71,8 @@ struct Cli {
     /// Waiting-run backlog levels, comma-separated (overrides the mode's).
     #[arg(long, value_delimiter = ',')]
     backlog: Option<Vec<u64>>,
-    /// Keep the data folder (databases and server logs) instead of removing it.
+    /// Keep the data folder (SQLite databases and server logs) and the PostgreSQL databases
+    /// instead of removing them.
     #[arg(long)]
     keep_data: bool,
 }
@@ -385,7 +386,14 @@ async fn bench(cli: Cli) -> anyhow::Result<bool> {
         partial.rows.sort_by_key(|r| r.rank);
         rows.extend(partial.rows);
     }
-    drop_pg_databases(&ctx).await;
+    if cli.keep_data {
+        let kept = ctx.pg_databases.lock().unwrap();
+        if !kept.is_empty() {
+            println!("PostgreSQL databases kept: {}", kept.join(", "));
+        }
+    } else {
+        drop_pg_databases(&ctx).await;
+    }
     let (stray, bad_signature, work_calls) = ctx.receiver.counters();
     doc["receiver"] = json!({
         "callbacks_with_bad_signature": bad_signature,
