@@ -1,8 +1,9 @@
 //! What every part of a running node shares: the store, settings, caches and wake-up hints.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hookflow_core::{Templates, WorkflowDef};
 use hookflow_store::{Applied, Millis, Store, StoreError};
@@ -14,6 +15,40 @@ use crate::config::Settings;
 use crate::lookups::Lookups;
 use crate::net::NetworkPolicy;
 use crate::tokens::Tokens;
+
+/// Pause after a failed queue read before looking again.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Sleeps until `wake` is signalled, the next item of a queue is due (as `next_due` reads
+/// it), or `poll` passes. A wake-up already pending returns at once without reading the queue:
+/// under load wake-ups come faster than a claim loop goes round, and the read would be one more
+/// round trip per round.
+pub async fn sleep_until_due(
+    wake: &Notify,
+    next_due: impl Future<Output = Result<Option<Millis>, StoreError>>,
+    poll: Duration,
+) {
+    tokio::select! {
+        biased;
+        _ = wake.notified() => return,
+        _ = std::future::ready(()) => {}
+    }
+    let wait = match next_due.await {
+        Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(poll),
+        Ok(None) => poll,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the queue failed");
+            ERROR_BACKOFF
+        }
+    };
+    if wait.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = wake.notified() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}
 
 /// The current time as unix milliseconds.
 pub fn now_ms() -> Millis {

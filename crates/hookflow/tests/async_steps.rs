@@ -410,7 +410,7 @@ async fn a_completion_that_beats_the_initial_answer_counts() {
         );
         assert_eq!(step_statuses(&run, "work"), ["completed"], "{run:#}");
     }
-    let completions = env.service.completions();
+    let completions = env.service.completions(5).await;
     assert_eq!(completions.len(), 5, "{completions:?}");
     for (status, answer) in completions {
         assert_eq!(

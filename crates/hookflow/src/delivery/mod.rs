@@ -10,7 +10,7 @@ use hookflow_core::retry::AttemptOutcome;
 use hookflow_store::{AttemptEffect, ClaimedDelivery, Millis, Trigger};
 use tokio::sync::Semaphore;
 
-use crate::app::{App, now_ms};
+use crate::app::{App, now_ms, sleep_until_due};
 pub use send::{Outgoing, Sent, send};
 
 /// Attempts in flight at once on one node.
@@ -56,22 +56,8 @@ pub async fn run(app: Arc<App>) {
             });
         }
         if !full {
-            sleep_until_due(&app).await;
+            sleep_until_due(&app.outbox, app.store.next_delivery_at(), POLL_INTERVAL).await;
         }
-    }
-}
-
-async fn sleep_until_due(app: &App) {
-    let wait = match app.store.next_delivery_at().await {
-        Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(POLL_INTERVAL),
-        _ => POLL_INTERVAL,
-    };
-    if wait.is_zero() {
-        return;
-    }
-    tokio::select! {
-        _ = app.outbox.notified() => {}
-        _ = tokio::time::sleep(wait) => {}
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hookflow_store::{ClaimedJob, RunRecord, StepExecution, StepResult, WAKE_HORIZON_MS};
 use tokio::sync::Semaphore;
 
-use crate::app::{App, now_ms};
+use crate::app::{App, now_ms, sleep_until_due};
 use planner::OwnedPlanner;
 pub use planner::{RunPlanner, run_context, step_states};
 pub use steps::fail as failed_attempt;
@@ -66,26 +66,7 @@ pub async fn run(app: Arc<App>) {
         if full {
             continue;
         }
-        sleep_until_due(&app).await;
-    }
-}
-
-/// Sleeps until the next job is due, new work is signalled, or the poll interval passes.
-async fn sleep_until_due(app: &App) {
-    let wait = match app.store.next_job_at().await {
-        Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(POLL_INTERVAL),
-        Ok(None) => POLL_INTERVAL,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the queue failed");
-            ERROR_BACKOFF
-        }
-    };
-    if wait.is_zero() {
-        return;
-    }
-    tokio::select! {
-        _ = app.work.notified() => {}
-        _ = tokio::time::sleep(wait) => {}
+        sleep_until_due(&app.work, app.store.next_job_at(), POLL_INTERVAL).await;
     }
 }
 

@@ -1096,9 +1096,22 @@ impl Peer {
             .count()
     }
 
-    /// hookflow's answers to the completions this peer posted from `/complete-first…`.
-    pub fn completions(&self) -> Vec<(u16, Value)> {
-        self.inner.completions.lock().unwrap().clone()
+    /// hookflow's answers to the completions this peer posted from `/complete-first…`, once
+    /// `n` arrived (a run may end before its completion's answer is back here; panics after
+    /// 10 s).
+    pub async fn completions(&self, n: usize) -> Vec<(u16, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.inner.completions.lock().unwrap().clone();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} completion answers, got {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Requests whose path is exactly `path`.
