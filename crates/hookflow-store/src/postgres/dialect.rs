@@ -103,7 +103,6 @@ impl Backend for PgStore {
         )
         .bind(ids)
         .bind(tokens)
-        .persistent(false)
         .fetch_all(conn)
         .await?)
     }
@@ -271,10 +270,9 @@ pub(super) fn bind_steps<'q, 's>(
 /// Runs and their executions in two queries: the runs in id order (locked with `lock`, a
 /// clause such as `FOR UPDATE OF r`, or empty), then their executions; the second one's
 /// snapshot is taken once the locks are held (a join would read the executions as they were
-/// before waiting for a lock). Queries on a list (here and in `take_jobs`) are planned for
-/// each list (`persistent(false)`): a cached generic plan, made while the tables were
-/// small, kept scanning whole tables as they grew (benchmark, 3-step peak with 20k waiting
-/// runs: 241 runs/s with it, 1318 without).
+/// before waiting for a lock). Both are planned for each list: a locked read runs in a write
+/// transaction, which plans every execution (see `BEGIN_KEYED`); an unlocked one, on a
+/// pooled connection, is not prepared (`persistent(false)`: one more round trip).
 async fn run_states(
     conn: &mut PgConnection,
     run_ids: &[&str],
@@ -284,9 +282,10 @@ async fn run_states(
         "SELECT {} FROM runs r WHERE r.id = ANY($1) ORDER BY r.id{lock}",
         rows::RUN_COLUMNS
     );
+    let prepared = !lock.is_empty();
     let runs = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(run_ids)
-        .persistent(false)
+        .persistent(prepared)
         .fetch_all(&mut *conn)
         .await?;
     let runs = runs.iter().map(rows::run).collect::<Result<Vec<_>>>()?;
@@ -307,7 +306,7 @@ async fn run_states(
     let found: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
     let steps = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(found)
-        .persistent(false)
+        .persistent(prepared)
         .fetch_all(&mut *conn)
         .await?;
     let steps: Vec<(String, StepExecution)> = (steps.iter())
