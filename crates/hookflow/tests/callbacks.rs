@@ -479,3 +479,33 @@ async fn during_a_rotation_grace_period_both_secrets_sign() {
     let callback = &receiver.callbacks(1).await[0];
     verify_callback(callback, &new, &[&new, &dep.secret]);
 }
+
+/// Callbacks are signed from a short-lived copy of the deployment; a rotation on this node
+/// clears it, so the very next callback is signed by the new secret alone (the old one's grace
+/// period is over), not by the copy the first callback left behind.
+#[tokio::test]
+async fn the_callback_after_a_rotation_uses_the_new_secret_at_once() {
+    let (_server, api, dep) = echo_server(ServerOpts::default()).await;
+    let receiver = Receiver::start().await;
+    api.invoke_async("echo", json!({ "n": 1 }), &receiver.callback_url())
+        .await;
+    let first = receiver.callbacks(1).await.remove(0);
+    verify_callback(&first, &dep.secret, &[&dep.secret]);
+
+    let (status, rotated) = api
+        .post(
+            &format!("/v1/deployments/{}/secret/rotate", dep.id),
+            &json!({ "grace_period": "0s" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = str_of(&rotated["secret"]);
+    api.invoke_async("echo", json!({ "n": 2 }), &receiver.callback_url())
+        .await;
+    let second = receiver.callbacks(2).await.remove(1);
+    verify_callback(&second, &new, &[&new]);
+    let signature = second.header("webhook-signature").unwrap();
+    assert_eq!(signature.split(' ').count(), 1, "{signature}");
+    let simple = second.header("x-hookflow-signature").unwrap();
+    assert!(hookflow_webhooks::verify_simple(&[&dep.secret], simple, &second.body).is_err());
+}
