@@ -270,3 +270,28 @@ async fn the_run_list_limit_is_bounded() {
     let resp = api.get("/v1/workflow/runs?limit=1001").await;
     assert_error(&resp, 400, "validation_error", None);
 }
+
+#[tokio::test]
+async fn a_query_parameter_given_twice_is_refused() {
+    let server = Server::start_default().await;
+    let api = server.api();
+    let resp = api
+        .get("/v1/workflow/runs?status=failed&status=completed")
+        .await;
+    assert_error(
+        &resp,
+        400,
+        "validation_error",
+        Some("query parameter \"status\" is given more than once"),
+    );
+    let resp = api.get("/v1/workflow/approvals?limit=5&limit=6").await;
+    assert_error(
+        &resp,
+        400,
+        "validation_error",
+        Some("query parameter \"limit\" is given more than once"),
+    );
+    // The same name once, next to others, is fine.
+    let (status, body) = api.get("/v1/workflow/runs?status=failed&limit=5").await;
+    assert_eq!((status, &body["data"]), (200, &json!([])), "{body}");
+}

@@ -94,7 +94,8 @@ impl JsonBody {
     }
 }
 
-/// The decoded query string (last value wins for repeated keys).
+/// The decoded query string; a parameter given twice is a 400 (which one was meant is
+/// anyone's guess).
 pub struct QueryMap(pub HashMap<String, String>);
 
 impl FromRequestParts<Arc<App>> for QueryMap {
@@ -102,11 +103,16 @@ impl FromRequestParts<Arc<App>> for QueryMap {
 
     async fn from_request_parts(parts: &mut Parts, _: &Arc<App>) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
-        Ok(Self(
-            url::form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .collect(),
-        ))
+        let mut map = HashMap::new();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()).into_owned() {
+            if map.contains_key(&name) {
+                return Err(ApiError::invalid(format!(
+                    "query parameter {name:?} is given more than once"
+                )));
+            }
+            map.insert(name, value);
+        }
+        Ok(Self(map))
     }
 }
 
