@@ -465,13 +465,7 @@ async fn callbacks_to_non_allowed_addresses_are_refused_and_logged() {
 #[tokio::test]
 async fn during_a_rotation_grace_period_both_secrets_sign() {
     let (_server, api, dep) = echo_server(ServerOpts::default()).await;
-    let (status, rotated) = api
-        .post(
-            &format!("/v1/deployments/{}/secret/rotate", dep.id),
-            &json!({ "grace_period": "24h" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{rotated}");
+    let rotated = api.rotate_secret(&dep.id, "24h").await;
     let new = str_of(&rotated["secret"]);
     let receiver = Receiver::start().await;
     api.invoke_async("echo", json!({}), &receiver.callback_url())
@@ -492,13 +486,7 @@ async fn the_callback_after_a_rotation_uses_the_new_secret_at_once() {
     let first = receiver.callbacks(1).await.remove(0);
     verify_callback(&first, &dep.secret, &[&dep.secret]);
 
-    let (status, rotated) = api
-        .post(
-            &format!("/v1/deployments/{}/secret/rotate", dep.id),
-            &json!({ "grace_period": "0s" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{rotated}");
+    let rotated = api.rotate_secret(&dep.id, "0s").await;
     let new = str_of(&rotated["secret"]);
     api.invoke_async("echo", json!({ "n": 2 }), &receiver.callback_url())
         .await;

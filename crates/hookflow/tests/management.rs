@@ -240,13 +240,7 @@ async fn rotating_a_secret_returns_a_new_one_with_a_grace_period() {
     let server = Server::start_default().await;
     let api = server.api();
     let dep = api.deploy(&echo_workflow("rot")).await;
-    let (status, rotated) = api
-        .post(
-            &format!("/v1/deployments/{}/secret/rotate", dep.id),
-            &json!({ "grace_period": "24h" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{rotated}");
+    let rotated = api.rotate_secret(&dep.id, "24h").await;
     let new = str_of(&rotated["secret"]);
     assert!(new.starts_with("whsec_") && new != dep.secret, "{rotated}");
     let expires = ts(&rotated["previous_secret_expires_at"]);

@@ -120,13 +120,7 @@ async fn the_previous_secret_still_triggers_and_signs_during_its_grace_period() 
     let api = server.api();
     let dep = api.deploy(&echo_workflow("echo")).await;
     let receiver = Receiver::start().await;
-    let (status, rotated) = api
-        .post(
-            &format!("/v1/deployments/{}/secret/rotate", dep.id),
-            &json!({ "grace_period": "1h" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{rotated}");
+    let rotated = api.rotate_secret(&dep.id, "1h").await;
     let new = str_of(&rotated["secret"]);
     let body = json!({ "inputs": {}, "async": { "callback_url": receiver.callback_url() } });
     for secret in [&dep.secret, &new] {
@@ -142,13 +136,7 @@ async fn the_previous_secret_still_triggers_and_signs_during_its_grace_period() 
     }
 
     // Without a grace period the replaced secret stops working at once.
-    let (status, rotated) = api
-        .post(
-            &format!("/v1/deployments/{}/secret/rotate", dep.id),
-            &json!({ "grace_period": "0s" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{rotated}");
+    let rotated = api.rotate_secret(&dep.id, "0s").await;
     let newest = str_of(&rotated["secret"]);
     let (status, answer) = trigger(&api, &dep, &new, &body).await;
     assert_eq!(status, 401, "{answer}");

@@ -592,6 +592,19 @@ impl Api {
         self.post("/v1/workflow/invoke", body).await
     }
 
+    /// Rotates the deployment's signing secret with `grace_period`; asserts it succeeds and
+    /// returns the answer (`secret`, `previous_secret_expires_at`).
+    pub async fn rotate_secret(&self, deployment_id: &str, grace_period: &str) -> Value {
+        let (status, rotated) = self
+            .post(
+                &format!("/v1/deployments/{deployment_id}/secret/rotate"),
+                &json!({ "grace_period": grace_period }),
+            )
+            .await;
+        assert_eq!(status, 200, "{rotated}");
+        rotated
+    }
+
     /// Saves `definition` and deploys it under the workflow's own name; asserts both succeed.
     pub async fn deploy(&self, definition: &Value) -> Deployment {
         let name = definition["name"].as_str().expect("definition has a name");
@@ -999,6 +1012,25 @@ impl Recorded {
     }
 }
 
+/// Reads `read` every 20 ms until it holds `n` items or more and returns them; panics with
+/// `failure`'s text about the last read once `timeout` passed.
+async fn wait_len<T>(
+    n: usize,
+    timeout: Duration,
+    read: impl Fn() -> Vec<T>,
+    failure: impl Fn(&[T]) -> String,
+) -> Vec<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = read();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{}", failure(&got));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An in-test HTTP server that records every request. Paths it serves as a step service:
 /// - `/echo…` → 200 `{"method", "path", "query", "body"}` (the JSON body it got);
 /// - `/fail-times/{n}…` → 500 for the first `n` calls of that exact path, then 200 `{"calls"}`;
@@ -1100,18 +1132,11 @@ impl Peer {
     /// `n` arrived (a run may end before its completion's answer is back here; panics after
     /// 10 s).
     pub async fn completions(&self, n: usize) -> Vec<(u16, Value)> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let got = self.inner.completions.lock().unwrap().clone();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} completion answers, got {got:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let read = || self.inner.completions.lock().unwrap().clone();
+        wait_len(n, Duration::from_secs(10), read, |got| {
+            format!("expected {n} completion answers, got {got:?}")
+        })
+        .await
     }
 
     /// Requests whose path is exactly `path`.
@@ -1124,38 +1149,36 @@ impl Peer {
 
     /// Waits until `n` requests to `path` arrived; returns them (panics after `timeout`).
     pub async fn wait_for_path(&self, path: &str, n: usize, timeout: Duration) -> Vec<Recorded> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.requests_to(path);
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} requests to {path} within {timeout:?}, got {}: {:#?}",
-                got.len(),
-                self.summary()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_len(
+            n,
+            timeout,
+            || self.requests_to(path),
+            |got| {
+                format!(
+                    "expected {n} requests to {path} within {timeout:?}, got {}: {:#?}",
+                    got.len(),
+                    self.summary()
+                )
+            },
+        )
+        .await
     }
 
     /// Waits until `n` requests (to any path) arrived.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.requests();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} requests within {timeout:?}, got {}: {:#?}",
-                got.len(),
-                self.summary()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_len(
+            n,
+            timeout,
+            || self.requests(),
+            |got| {
+                format!(
+                    "expected {n} requests within {timeout:?}, got {}: {:#?}",
+                    got.len(),
+                    self.summary()
+                )
+            },
+        )
+        .await
     }
 
     /// Callbacks received at `/callback`, waiting for at least `n`.
