@@ -12,11 +12,10 @@ use tokio::task::JoinSet;
 
 use crate::common::{DagPlanner, T0, TestDb, event, fixture, new_run};
 
-/// Starts a one-step run and leaves its step waiting until `deadline` (one second out: beyond
-/// the wake horizon, so the engines are not woken for it); returns the run id.
-async fn waiting_run(db: &TestDb, step: &'static str, approval: Option<NewApproval>) -> String {
-    let deadline = T0 + 1000;
-    let (run_id, applied) = wait_until(db, step, deadline, approval).await;
+/// Starts a one-step run and leaves its step waiting, for a second (beyond the wake horizon, so
+/// the engines are not woken for it); returns the run id.
+async fn waiting_run(db: &TestDb, step: &'static str) -> String {
+    let (run_id, applied) = wait_until(db, step, T0 + 1000).await;
     assert_eq!(
         applied,
         Applied::Done {
@@ -30,19 +29,14 @@ async fn waiting_run(db: &TestDb, step: &'static str, approval: Option<NewApprov
 
 /// Starts a one-step run, leaves its step waiting until `deadline` and returns the run id with
 /// what the wait applied.
-async fn wait_until(
-    db: &TestDb,
-    step: &'static str,
-    deadline: i64,
-    approval: Option<NewApproval>,
-) -> (String, Applied) {
+async fn wait_until(db: &TestDb, step: &'static str, deadline: i64) -> (String, Applied) {
     let (_, dep) = fixture(db, None).await;
     let run = new_run(&dep, &[step]);
     db.store.create_run(&run).await.unwrap();
     let job = claim_of(db, &run.id, T0).await;
     let waiting = StepResult::Waiting {
         deadline: Some(deadline),
-        approval,
+        approval: None,
     };
     let planner = DagPlanner::parallel(&[step]);
     let applied = db
@@ -55,7 +49,7 @@ async fn wait_until(
 
 /// A wait that times out within the wake horizon asks the engines to look for work now.
 pub async fn near_timeout_wakes(db: &TestDb) {
-    let (run_id, applied) = wait_until(db, "hook", T0 + 100, None).await;
+    let (run_id, applied) = wait_until(db, "hook", T0 + 100).await;
     assert_eq!(
         applied,
         Applied::Done {
@@ -82,7 +76,7 @@ async fn claim_of(db: &TestDb, run_id: &str, now: i64) -> ClaimedJob {
 pub async fn async_completion(db: &TestDb) {
     let s = &db.store;
     let planner = DagPlanner::parallel(&["hook"]);
-    let run_id = waiting_run(db, "hook", None).await;
+    let run_id = waiting_run(db, "hook").await;
     let step = &s.step_executions(&run_id).await.unwrap()[0];
     assert_eq!(step.status, StepStatus::Running);
     assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + 1000));
@@ -128,7 +122,7 @@ pub async fn async_completion(db: &TestDb) {
 pub async fn async_timeout(db: &TestDb) {
     let s = &db.store;
     let planner = DagPlanner::parallel(&["hook"]);
-    let run_id = waiting_run(db, "hook", None).await;
+    let run_id = waiting_run(db, "hook").await;
     assert!(s.claim_jobs(T0 + 999, 10).await.unwrap().is_empty());
     let timeout = claim_of(db, &run_id, T0 + 1000).await;
     assert_eq!(
@@ -163,7 +157,7 @@ pub async fn async_timeout(db: &TestDb) {
 pub async fn racing_completions(db: &TestDb) {
     let planner = Arc::new(DagPlanner::parallel(&["hook"]));
     for (round, hashes) in [["same", "same"], ["one", "other"]].into_iter().enumerate() {
-        let run_id = waiting_run(db, "hook", None).await;
+        let run_id = waiting_run(db, "hook").await;
         let barrier = Arc::new(Barrier::new(2));
         let mut tasks = JoinSet::new();
         for hash in hashes {
