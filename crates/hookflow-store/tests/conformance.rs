@@ -87,14 +87,7 @@ async fn sqlite_watch_is_a_no_op() {
 /// A node watching sees other nodes' commits: new work, new events, ended sync runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_watch_signals() {
-    let db = TestDb::postgres().await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    db.store
-        .watch(Arc::new(move |signal| {
-            let _ = tx.send(signal);
-        }))
-        .await
-        .unwrap();
+    let (db, mut rx) = watched_postgres().await;
     let other = db.node().await;
     let (_, dep) = common::fixture(&db, None).await;
     // A sync run: its end wakes the waiting invoke, on whichever node it waits.
@@ -113,6 +106,19 @@ async fn postgres_watch_signals() {
     expect_signals(&mut rx, &[Signal::Outbox, Signal::RunEnded(run.id.clone())]).await;
 }
 
+/// A PostgreSQL test database whose store hands every signal it hears to the returned channel.
+async fn watched_postgres() -> (TestDb, mpsc::UnboundedReceiver<Signal>) {
+    let db = TestDb::postgres().await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    db.store
+        .watch(Arc::new(move |signal| {
+            let _ = tx.send(signal);
+        }))
+        .await
+        .unwrap();
+    (db, rx)
+}
+
 /// Waits (up to 10 s) until every one of `wanted` arrived.
 async fn expect_signals(rx: &mut mpsc::UnboundedReceiver<Signal>, wanted: &[Signal]) {
     let mut missing: Vec<&Signal> = wanted.iter().collect();
@@ -123,6 +129,28 @@ async fn expect_signals(rx: &mut mpsc::UnboundedReceiver<Signal>, wanted: &[Sign
             _ => panic!("signals never arrived: {missing:?}"),
         }
     }
+}
+
+/// A new run whose first job is due beyond the wake horizon (parked on a delay) wakes no node;
+/// one due now does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_parked_runs_wake_no_one() {
+    let (db, mut rx) = watched_postgres().await;
+    let other = db.node().await;
+    let (_, dep) = common::fixture(&db, None).await;
+    let mut parked = common::new_run(&dep, &["a"]);
+    parked.plan.start[0].run_at = parked.created_at + 86_400_000;
+    other.create_run(&parked).await.unwrap();
+    // A signal reaches a listener within milliseconds (`postgres_watch_signals`).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let heard: Vec<Signal> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert!(!heard.contains(&Signal::Work), "{heard:?}");
+
+    other
+        .create_run(&common::new_run(&dep, &["a"]))
+        .await
+        .unwrap();
+    expect_signals(&mut rx, &[Signal::Work]).await;
 }
 
 /// Nodes starting together on an empty database migrate it once (sqlx's advisory lock).
