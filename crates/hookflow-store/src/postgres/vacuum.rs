@@ -4,9 +4,9 @@
 //! `deliveries`, `step_executions` and `runs`. The old row versions, and their index entries,
 //! stay until a vacuum removes them, and claims walk past them: with autovacuum off (as on
 //! the development machine), a delivery claim took 19 ms on average after two minutes of
-//! load, and the benchmark's end-to-end rates fell to 40 % of a fresh database's. Autovacuum, when on, waits for a fifth of a
-//! table to be dead and naps a minute between rounds, which a queue at thousands of rows a
-//! second outruns. So every node looks every few seconds at how many dead rows these tables
+//! load, and the benchmark's end-to-end rates fell to 40 % of a fresh database's. Autovacuum,
+//! when on, waits for a fifth of a table to be dead and naps a minute between rounds, which a
+//! queue at thousands of rows a second outruns. So every node looks every few seconds at how many dead rows these tables
 //! hold, and one node at a time (an advisory lock) vacuums each table past its threshold.
 
 use std::time::Duration;
