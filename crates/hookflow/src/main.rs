@@ -3,6 +3,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use hookflow::config::{Cli, Command, KeysCommand};
 
+/// jemalloc rather than the system allocator: with it the node spends less CPU per request
+/// (measured with `hookflow-bench`, see bench/README.md "Memory and the allocator").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
