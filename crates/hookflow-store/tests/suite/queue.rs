@@ -120,6 +120,93 @@ pub async fn concurrent_claimers(db: &TestDb) {
     assert_eq!(distinct.len(), 200);
 }
 
+/// The write that finishes a job claims the worker's next one: the step it made ready, with
+/// its run as the write left it; engines are woken only when more work is due, or due soon.
+pub async fn finish_and_claim_dispatches(db: &TestDb) {
+    let s = &db.store;
+    let (_, dep) = fixture(db, None).await;
+    let planner = DagPlanner::chain(&["a", "b"]);
+    let run = new_run(&dep, &["a"]);
+    s.create_run(&run).await.unwrap();
+    let a = s.claim_jobs(T0, 10).await.unwrap().remove(0);
+
+    let (applied, next) = s
+        .finish_and_claim(&a, completed(), planner.shared(), T0 + 1)
+        .await
+        .unwrap();
+    let quiet = Applied::Done {
+        terminal: None,
+        event: false,
+        work: false,
+    };
+    assert_eq!(applied, quiet, "nothing else is due: no engine to wake");
+    let next = next.expect("b is due");
+    assert_eq!(
+        (next.job.run_id.as_str(), next.job.step_id.as_deref()),
+        (run.id.as_str(), Some("b"))
+    );
+    let state = next.state.expect("the run is read");
+    let summary: Vec<_> = (state.1.iter())
+        .map(|e| (e.step_id.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        summary,
+        [("a", StepStatus::Completed), ("b", StepStatus::Running)]
+    );
+    assert_eq!(state.1[0].output, Some(json!({"ok": true})));
+    // b is leased: nobody else claims it.
+    assert!(s.claim_jobs(T0 + 1, 10).await.unwrap().is_empty());
+
+    // Two other runs' first steps are due: b's worker takes one, and the engines are woken
+    // for what may be left.
+    let others = [new_run(&dep, &["a"]), new_run(&dep, &["a"])];
+    for other in &others {
+        s.create_run(other).await.unwrap();
+    }
+    let (applied, taken) = s
+        .finish_and_claim(&next.job, completed(), planner.shared(), T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        Applied::Done {
+            terminal: Some(RunStatus::Completed),
+            event: true,
+            work: true
+        }
+    );
+    let taken = taken.expect("a due job").job;
+    let left = s.claim_jobs(T0 + 2, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    let mut firsts = [taken.run_id.as_str(), left[0].run_id.as_str()];
+    firsts.sort_unstable();
+    let mut expected = [others[0].id.as_str(), others[1].id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(firsts, expected);
+
+    // Nothing due now: the engines are woken only for a job due within the wake horizon.
+    let single = DagPlanner::chain(&["a"]);
+    let horizon = hookflow_store::WAKE_HORIZON_MS;
+    let mut soon = new_run(&dep, &["a"]);
+    soon.plan.start[0].run_at = T0 + 3 + 2 * horizon;
+    s.create_run(&soon).await.unwrap();
+    for (job, now, work) in [(&taken, T0 + 3, false), (&left[0], T0 + 3 + horizon, true)] {
+        let (applied, none) = s
+            .finish_and_claim(job, completed(), single.shared(), now)
+            .await
+            .unwrap();
+        assert!(none.is_none());
+        assert_eq!(
+            applied,
+            Applied::Done {
+                terminal: Some(RunStatus::Completed),
+                event: true,
+                work
+            }
+        );
+    }
+}
+
 pub async fn finish_job_plans_next_steps(db: &TestDb) {
     let s = &db.store;
     let (ws, dep) = fixture(db, None).await;

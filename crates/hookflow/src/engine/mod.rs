@@ -1,5 +1,7 @@
 //! The engine: claims due jobs from the store and executes them, writing each outcome back as
-//! one transaction in which the planner decides what follows.
+//! one transaction in which the planner decides what follows. That transaction also hands the
+//! worker its next job when one is due (direct dispatch: the next step of a run is most often
+//! run by the worker that finished the one before, with no claim of its own).
 
 mod planner;
 mod steps;
@@ -8,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookflow_store::{ClaimedJob, RunRecord, StepExecution, StepResult, WAKE_HORIZON_MS};
+use hookflow_store::{ClaimedJob, Dispatched, RunState, StepResult, WAKE_HORIZON_MS};
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms, sleep_until_due};
@@ -59,7 +61,10 @@ pub async fn run(app: Arc<App>) {
             let app = app.clone();
             let state = states.get(&job.run_id).cloned();
             tokio::spawn(async move {
-                execute(app, job, state).await;
+                let mut next = Some(Dispatched { job, state });
+                while let Some(Dispatched { job, state }) = next {
+                    next = execute(&app, job, state).await;
+                }
                 drop(permit);
             });
         }
@@ -69,9 +74,6 @@ pub async fn run(app: Arc<App>) {
         sleep_until_due(&app.work, app.store.next_job_at(), POLL_INTERVAL).await;
     }
 }
-
-/// A run with every execution of its steps, as read when its job was claimed.
-type RunState = Arc<(RunRecord, Vec<StepExecution>)>;
 
 /// The runs of a batch of claimed jobs, read in one query, by run id.
 async fn read_states(
@@ -88,11 +90,15 @@ async fn read_states(
         .collect())
 }
 
-/// Executes one job and commits its outcome. Errors leave the job leased: it runs again when
-/// the lease expires.
-async fn execute(app: Arc<App>, job: ClaimedJob, state: Option<RunState>) {
-    if let Err(e) = try_execute(&app, &job, state).await {
-        tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
+/// Executes one job and commits its outcome, returning the job to run next, if one was due.
+/// Errors leave the job leased: it runs again when the lease expires.
+async fn execute(app: &Arc<App>, job: ClaimedJob, state: Option<RunState>) -> Option<Dispatched> {
+    match try_execute(app, &job, state).await {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
+            None
+        }
     }
 }
 
@@ -100,7 +106,7 @@ async fn try_execute(
     app: &Arc<App>,
     job: &ClaimedJob,
     state: Option<RunState>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Dispatched>> {
     let state = state.ok_or_else(|| anyhow::anyhow!("run {} not found", job.run_id))?;
     let (run, executions) = &*state;
     let def = app
@@ -133,10 +139,10 @@ async fn try_execute(
         def,
         secrets,
     };
-    let applied = app
+    let (applied, next) = app
         .store
-        .finish_job(job, result, Arc::new(planner), now_ms())
+        .finish_and_claim(job, result, Arc::new(planner), now_ms())
         .await?;
     app.signal(&run.id, &applied);
-    Ok(())
+    Ok(next)
 }
