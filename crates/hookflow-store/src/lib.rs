@@ -224,17 +224,6 @@ pub trait Queue: Send + Sync + 'static {
         planner: Arc<dyn Planner>,
         now: Millis,
     ) -> Result<Applied>;
-    /// [`Queue::finish_job`], then, in the same transaction, claims one due job for the caller
-    /// to run next, with its run as that transaction left it: a step made ready by an outcome
-    /// is usually taken by the worker that reported it, with no claim and no read of its own.
-    /// The outcome's `work` then tells whether a job is left due within [`WAKE_HORIZON_MS`].
-    async fn finish_and_claim(
-        &self,
-        job: &ClaimedJob,
-        result: Option<StepResult>,
-        planner: Arc<dyn Planner>,
-        now: Millis,
-    ) -> Result<(Applied, Option<Dispatched>)>;
     /// Completes an open attempt from outside (an async step's completion). `completion_hash`
     /// identifies the completion so a duplicate is recognised.
     #[allow(clippy::too_many_arguments)]

@@ -358,17 +358,6 @@ pub struct ClaimedJob {
     pub kind: JobKind,
 }
 
-/// A run and every execution of its steps, in (step, attempt) order.
-pub type RunState = std::sync::Arc<(RunRecord, Vec<StepExecution>)>;
-
-/// A job claimed in the same write that finished another (see [`crate::Queue::finish_and_claim`]),
-/// with its run as that write left it (None if the run is gone).
-#[derive(Debug, Clone)]
-pub struct Dispatched {
-    pub job: ClaimedJob,
-    pub state: Option<RunState>,
-}
-
 /// The outcome of one step attempt, as the engine reports it.
 #[derive(Debug, Clone)]
 pub enum StepResult {

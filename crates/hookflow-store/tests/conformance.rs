@@ -58,7 +58,6 @@ conformance!(
     runs::cancel,
     runs::list_runs_filters,
     queue::claims_lease_jobs,
-    queue::finish_and_claim_dispatches,
     queue::concurrent_claimers,
     queue::finish_job_plans_next_steps,
     queue::retries_then_fails,

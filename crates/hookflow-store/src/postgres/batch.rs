@@ -15,8 +15,8 @@ use super::{PgStore, Tx};
 use crate::batch::BatchWrite;
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
-use crate::shared::queue::{Finish, Finished};
-use crate::{NewEvent, NewStep, Result, Signal};
+use crate::shared::queue::Finish;
+use crate::{Applied, NewEvent, NewStep, Result, Signal};
 
 /// Writes batches of delivery attempts: one statement each.
 pub(super) struct Attempts {
@@ -223,9 +223,9 @@ pub(super) struct Finishes {
 
 impl BatchWrite for Finishes {
     type Item = Finish;
-    type Output = Finished;
+    type Output = Applied;
 
-    async fn write(&self, batch: &[&Finish]) -> Result<Vec<Finished>> {
+    async fn write(&self, batch: &[&Finish]) -> Result<Vec<Applied>> {
         let mut tx = Tx::begin(&self.pool, &self.notifier).await?;
         tx.defer_run_writes();
         let applied = PgStore::finish_batch(&mut tx, batch).await?;

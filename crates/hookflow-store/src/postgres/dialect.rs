@@ -10,11 +10,12 @@ use super::{Autocommit, PgStore, Tx};
 use crate::batch::{BatchWrite, Batcher};
 use crate::shared::new_runs;
 use crate::shared::outbox::LoggedAttempt;
-use crate::shared::queue::{Finish, Finished};
+use crate::shared::queue::Finish;
 use crate::shared::run_rows::{Ended, RunRows};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
-    ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal, StepExecution,
+    Applied, ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
+    StepExecution,
 };
 
 impl Backend for PgStore {
@@ -83,15 +84,7 @@ impl Backend for PgStore {
         conn: &mut PgConnection,
         run_ids: &[&str],
     ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
-        run_states(conn, run_ids, Lock::ForUpdate).await
-    }
-
-    /// The queries of [`Self::load_run_states`], without locks.
-    async fn peek_run_states(
-        conn: &mut PgConnection,
-        run_ids: &[&str],
-    ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
-        run_states(conn, run_ids, Lock::None { prepared: true }).await
+        run_states(conn, run_ids, Self::FOR_UPDATE).await
     }
 
     /// The queries of [`Self::load_run_states`], without locks, on a pooled connection.
@@ -99,8 +92,7 @@ impl Backend for PgStore {
         &self,
         run_ids: &[&str],
     ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
-        let conn = &mut *self.pool.acquire().await?;
-        run_states(conn, run_ids, Lock::None { prepared: false }).await
+        run_states(&mut *self.pool.acquire().await?, run_ids, "").await
     }
 
     async fn take_jobs(conn: &mut PgConnection, jobs: &[(i64, i64)]) -> Result<Vec<i64>> {
@@ -115,7 +107,7 @@ impl Backend for PgStore {
         .await?)
     }
 
-    fn finishes(&self) -> &Batcher<Finish, Finished> {
+    fn finishes(&self) -> &Batcher<Finish, Applied> {
         &self.finishes
     }
 
@@ -194,11 +186,7 @@ impl Backend for PgStore {
     /// double-claiming each other's rows; the walk along `jobs_due` stops after `limit` rows,
     /// and `id = ANY(ARRAY(…))` keeps the update on the primary key whatever the planner
     /// guesses for the batch size (a join may turn into a scan of the whole backlog).
-    async fn claim_due_jobs(
-        conn: &mut PgConnection,
-        now: Millis,
-        limit: i64,
-    ) -> Result<Vec<ClaimedJob>> {
+    async fn claim_due_jobs(&self, now: Millis, limit: i64) -> Result<Vec<ClaimedJob>> {
         let rows = sqlx::query(
             "WITH claimed AS ( \
                UPDATE jobs SET run_at = $1 + lease_ms, lease_token = lease_token + 1 \
@@ -214,7 +202,7 @@ impl Backend for PgStore {
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(conn)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::claimed_job).collect()
     }
@@ -279,34 +267,22 @@ pub(super) fn bind_steps<'q, 's>(
         .bind(steps.map(|s| s.2.timer).collect::<Vec<_>>())
 }
 
-/// How [`run_states`] reads runs.
-#[derive(Clone, Copy)]
-enum Lock {
-    /// Locks them until the write ends (inside a write transaction, whose statements are
-    /// prepared).
-    ForUpdate,
-    /// Takes no lock; `prepared` inside a write transaction, not on a pooled connection
-    /// (`persistent(false)`: one more round trip, but no statement kept per connection).
-    None { prepared: bool },
-}
-
-/// Runs and their executions in two queries: the runs in id order (locked or not, see
-/// [`Lock`]), then their executions; the second one's snapshot is taken once the locks are held
-/// (a join would read the executions as they were before waiting for a lock). Both are
-/// planned for each list (a write transaction plans every execution: see `BEGIN_KEYED`).
+/// Runs and their executions in two queries: the runs in id order (locked with `lock`, a
+/// clause such as `FOR UPDATE OF r`, or empty), then their executions; the second one's
+/// snapshot is taken once the locks are held (a join would read the executions as they were
+/// before waiting for a lock). Both are planned for each list: a locked read runs in a write
+/// transaction, which plans every execution (see `BEGIN_KEYED`); an unlocked one, on a
+/// pooled connection, is not prepared (`persistent(false)`: one more round trip).
 async fn run_states(
     conn: &mut PgConnection,
     run_ids: &[&str],
-    lock: Lock,
+    lock: &str,
 ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
-    let (clause, prepared) = match lock {
-        Lock::ForUpdate => (PgStore::FOR_UPDATE, true),
-        Lock::None { prepared } => ("", prepared),
-    };
     let sql = format!(
-        "SELECT {} FROM runs r WHERE r.id = ANY($1) ORDER BY r.id{clause}",
+        "SELECT {} FROM runs r WHERE r.id = ANY($1) ORDER BY r.id{lock}",
         rows::RUN_COLUMNS
     );
+    let prepared = !lock.is_empty();
     let runs = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(run_ids)
         .persistent(prepared)

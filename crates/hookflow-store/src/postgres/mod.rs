@@ -29,9 +29,9 @@ use sqlx::{Postgres, Transaction};
 use crate::batch::Batcher;
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
-use crate::shared::queue::{Finish, Finished};
+use crate::shared::queue::Finish;
 use crate::shared::run_rows::RunRows;
-use crate::{Result, Signal, StoreError};
+use crate::{Applied, Result, Signal, StoreError};
 use listen::Notifier;
 
 /// Connections per node.
@@ -44,7 +44,7 @@ pub struct PgStore {
     notifier: Notifier,
     new_runs: Batcher<Row>,
     attempts: Batcher<LoggedAttempt>,
-    finishes: Batcher<Finish, Finished>,
+    finishes: Batcher<Finish, Applied>,
 }
 
 impl PgStore {

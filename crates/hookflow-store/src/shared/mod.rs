@@ -32,7 +32,7 @@ use sqlx::{Database, Pool, QueryBuilder};
 
 use crate::batch::Batcher;
 use crate::{
-    ClaimedJob, Millis, NewRun, NewStep, Page, Result, RunRecord, RunStatus, StepExecution,
+    Applied, ClaimedJob, Millis, NewRun, NewStep, Page, Result, RunRecord, RunStatus, StepExecution,
 };
 
 /// Lease of a job that starts a promoted run or times out a waiting step.
@@ -121,13 +121,6 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
         run_ids: &[&str],
     ) -> impl Future<Output = Result<Vec<(RunRecord, Vec<StepExecution>)>>> + Send;
 
-    /// Reads runs and every execution of their steps inside a write, without locking them, in
-    /// run id order; runs that do not exist are left out.
-    fn peek_run_states(
-        conn: &mut Conn<Self>,
-        run_ids: &[&str],
-    ) -> impl Future<Output = Result<Vec<(RunRecord, Vec<StepExecution>)>>> + Send;
-
     /// Reads runs and every execution of their steps, outside any write, in run id order; runs
     /// that do not exist are left out.
     fn read_run_states(
@@ -142,7 +135,7 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
     /// The node's batch writer of finished jobs (see [`queue::Finish`]).
-    fn finishes(&self) -> &Batcher<queue::Finish, queue::Finished>;
+    fn finishes(&self) -> &Batcher<queue::Finish, Applied>;
 
     /// Creates a run that needs no check first (no idempotency key, no concurrency limit) in
     /// the backend's cheapest way, returning its status.
@@ -210,9 +203,9 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
         now: Millis,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Claims up to `limit` due jobs inside a write (see [`crate::Queue::claim_jobs`]).
+    /// Claims up to `limit` due jobs (see [`crate::Queue::claim_jobs`]).
     fn claim_due_jobs(
-        conn: &mut Conn<Self>,
+        &self,
         now: Millis,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<ClaimedJob>>> + Send;

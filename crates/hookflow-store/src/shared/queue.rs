@@ -6,13 +6,11 @@
 //! loads (and locks) their runs in one go and takes their jobs in one statement. A run with
 //! several jobs in one batch is advanced once per round, each round seeing the last one's
 //! writes; the writes of a round's runs are sent together
-//! ([`crate::shared::Backend::flush_run_writes`]). Then, for the outcomes whose workers asked
-//! for more work ([`crate::Queue::finish_and_claim`]), the same transaction claims due jobs,
-//! which are most often the steps the batch just made ready, and reads their runs.
+//! ([`crate::shared::Backend::flush_run_writes`]).
 
 use std::sync::Arc;
 
-use crate::{Applied, ClaimedJob, Dispatched, Millis, Planner, StepResult};
+use crate::{ClaimedJob, Millis, Planner, StepResult};
 
 /// A claimed job's outcome (None for a start job), handed to the node's batch writer.
 pub(crate) struct Finish {
@@ -20,32 +18,6 @@ pub(crate) struct Finish {
     pub(crate) result: Option<StepResult>,
     pub(crate) planner: Arc<dyn Planner>,
     pub(crate) now: Millis,
-    /// The worker takes a due job to run next, if any.
-    pub(crate) take: bool,
-}
-
-impl Finish {
-    pub(crate) fn new(
-        job: &ClaimedJob,
-        result: Option<StepResult>,
-        planner: Arc<dyn Planner>,
-        now: Millis,
-        take: bool,
-    ) -> Self {
-        Self {
-            job: job.clone(),
-            result,
-            planner,
-            now,
-            take,
-        }
-    }
-}
-
-/// What the batch writer answers for a [`Finish`].
-pub(crate) struct Finished {
-    pub(crate) applied: Applied,
-    pub(crate) next: Option<Dispatched>,
 }
 
 /// Implements [`crate::Queue`] for `$store`.
@@ -55,11 +27,11 @@ macro_rules! impl_queue {
             use std::collections::{HashMap, HashSet};
             use std::sync::Arc;
 
-            use $crate::shared::queue::{Finish, Finished};
+            use $crate::shared::queue::Finish;
             use $crate::shared::{Backend as _, Tx};
             use $crate::{
-                Applied, ClaimedJob, Completion, Dispatched, JobKind, Millis, Planner, Queue,
-                Result, RunRecord, StepExecution, StepResult, StoreError, WAKE_HORIZON_MS,
+                Applied, ClaimedJob, Completion, JobKind, Millis, Planner, Queue, Result,
+                RunRecord, StepExecution, StepResult, StoreError,
             };
 
             impl $store {
@@ -68,7 +40,7 @@ macro_rules! impl_queue {
                 pub(crate) async fn finish_batch(
                     tx: &mut Tx<Self>,
                     batch: &[&Finish],
-                ) -> Result<Vec<Finished>> {
+                ) -> Result<Vec<Applied>> {
                     let mut applied = vec![None; batch.len()];
                     let mut left: Vec<usize> = (0..batch.len()).collect();
                     while !left.is_empty() {
@@ -107,56 +79,7 @@ macro_rules! impl_queue {
                         Self::flush_run_writes(tx).await?;
                         left = later;
                     }
-                    let applied: Vec<Applied> = applied.into_iter().flatten().collect();
-                    Self::dispatch(tx, batch, applied).await
-                }
-
-                /// Claims a due job for each outcome whose worker takes one, with its run's
-                /// state; the engines are then woken only for a job left due within
-                /// [`WAKE_HORIZON_MS`].
-                async fn dispatch(
-                    tx: &mut Tx<Self>,
-                    batch: &[&Finish],
-                    mut applied: Vec<Applied>,
-                ) -> Result<Vec<Finished>> {
-                    let wanted = batch.iter().filter(|f| f.take).count();
-                    let mut claimed = Vec::new();
-                    if wanted > 0 {
-                        let now = batch.iter().map(|f| f.now).max().unwrap_or_default();
-                        claimed = Self::claim_due_jobs(tx, now, wanted as i64).await?;
-                        let next: Option<Millis> =
-                            sqlx::query_scalar("SELECT MIN(run_at) FROM jobs")
-                                .fetch_one(&mut **tx)
-                                .await?;
-                        let work = next.is_some_and(|at| at <= now + WAKE_HORIZON_MS);
-                        for outcome in &mut applied {
-                            if let Applied::Done { work: w, .. } = outcome {
-                                *w = work;
-                            }
-                        }
-                    }
-                    let mut ids: Vec<&str> = claimed.iter().map(|j| j.run_id.as_str()).collect();
-                    ids.sort_unstable();
-                    ids.dedup();
-                    let mut states: HashMap<String, Arc<(RunRecord, Vec<StepExecution>)>> =
-                        HashMap::new();
-                    if !ids.is_empty() {
-                        for state in Self::peek_run_states(tx, &ids).await? {
-                            states.insert(state.0.id.clone(), Arc::new(state));
-                        }
-                    }
-                    let mut claimed = claimed.into_iter();
-                    Ok(batch
-                        .iter()
-                        .zip(applied)
-                        .map(|(finish, applied)| Finished {
-                            applied,
-                            next: finish.take.then(|| claimed.next()).flatten().map(|job| {
-                                let state = states.get(&job.run_id).cloned();
-                                Dispatched { job, state }
-                            }),
-                        })
-                        .collect())
+                    Ok(applied.into_iter().flatten().collect())
                 }
 
                 /// Applies one finished job whose job was held, to its locked run.
@@ -190,10 +113,7 @@ macro_rules! impl_queue {
             #[async_trait::async_trait]
             impl Queue for $store {
                 async fn claim_jobs(&self, now: Millis, limit: i64) -> Result<Vec<ClaimedJob>> {
-                    let mut write = self.autocommit().await?;
-                    let jobs = Self::claim_due_jobs(&mut write, now, limit).await?;
-                    write.commit().await?;
-                    Ok(jobs)
+                    self.claim_due_jobs(now, limit).await
                 }
 
                 async fn next_job_at(&self) -> Result<Option<Millis>> {
@@ -209,20 +129,13 @@ macro_rules! impl_queue {
                     planner: Arc<dyn Planner>,
                     now: Millis,
                 ) -> Result<Applied> {
-                    let finish = Finish::new(job, result, planner, now, false);
-                    Ok(self.finishes().write(finish).await?.applied)
-                }
-
-                async fn finish_and_claim(
-                    &self,
-                    job: &ClaimedJob,
-                    result: Option<StepResult>,
-                    planner: Arc<dyn Planner>,
-                    now: Millis,
-                ) -> Result<(Applied, Option<Dispatched>)> {
-                    let finish = Finish::new(job, result, planner, now, true);
-                    let finished = self.finishes().write(finish).await?;
-                    Ok((finished.applied, finished.next))
+                    let finish = Finish {
+                        job: job.clone(),
+                        result,
+                        planner,
+                        now,
+                    };
+                    self.finishes().write(finish).await
                 }
 
                 async fn complete_step(

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use super::SqliteStore;
 use super::sets::Sets;
 use super::writer::GroupWriter;
-use crate::Result;
 use crate::batch::BatchWrite;
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
-use crate::shared::queue::{Finish, Finished};
+use crate::shared::queue::Finish;
+use crate::{Applied, Result};
 
 /// Writes `items`, each added to the rows of the batch by `push`, in one write: one
 /// multi-statement query (see [`super::sets`]).
@@ -76,9 +76,9 @@ pub(super) struct Finishes {
 
 impl BatchWrite for Finishes {
     type Item = Finish;
-    type Output = Finished;
+    type Output = Applied;
 
-    async fn write(&self, batch: &[&Finish]) -> Result<Vec<Finished>> {
+    async fn write(&self, batch: &[&Finish]) -> Result<Vec<Applied>> {
         let mut tx = self.writer.begin().await?;
         tx.defer_run_writes();
         let applied = SqliteStore::finish_batch(&mut tx, batch).await?;

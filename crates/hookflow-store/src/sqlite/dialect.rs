@@ -12,11 +12,11 @@ use super::writer::WriteTx;
 use crate::batch::{BatchWrite, Batcher};
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
-use crate::shared::queue::{Finish, Finished};
+use crate::shared::queue::Finish;
 use crate::shared::run_rows::{Ended, RunRows};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
-    ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
+    Applied, ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
     StepExecution,
 };
 
@@ -81,14 +81,6 @@ impl Backend for SqliteStore {
         rows::run_states(&rows)
     }
 
-    /// The query of [`Self::load_run_states`], which takes no locks.
-    async fn peek_run_states(
-        conn: &mut SqliteConnection,
-        run_ids: &[&str],
-    ) -> Result<Vec<(RunRecord, Vec<StepExecution>)>> {
-        Self::load_run_states(conn, run_ids).await
-    }
-
     /// The query of [`Self::load_run_states`] on a reader connection.
     async fn read_run_states(
         &self,
@@ -107,7 +99,7 @@ impl Backend for SqliteStore {
         .await?)
     }
 
-    fn finishes(&self) -> &Batcher<Finish, Finished> {
+    fn finishes(&self) -> &Batcher<Finish, Applied> {
         &self.finishes
     }
 
@@ -171,11 +163,8 @@ impl Backend for SqliteStore {
 
     /// Leases the jobs, then marks the steps they execute running, in one write of two
     /// statements.
-    async fn claim_due_jobs(
-        conn: &mut SqliteConnection,
-        now: Millis,
-        limit: i64,
-    ) -> Result<Vec<ClaimedJob>> {
+    async fn claim_due_jobs(&self, now: Millis, limit: i64) -> Result<Vec<ClaimedJob>> {
+        let mut tx = self.begin().await?;
         let rows = sqlx::query(
             "UPDATE jobs SET run_at = $1 + lease_ms, lease_token = lease_token + 1 \
              WHERE id IN (SELECT id FROM jobs WHERE run_at <= $1 ORDER BY run_at LIMIT $2) \
@@ -183,7 +172,7 @@ impl Backend for SqliteStore {
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
         let jobs = rows
             .iter()
@@ -203,9 +192,10 @@ impl Backend for SqliteStore {
             )
             .bind(now)
             .bind(serde_json::to_string(&executing).expect("ids serialize"))
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
         Ok(jobs)
     }
 

@@ -25,8 +25,8 @@ use writer::GroupWriter;
 use crate::batch::Batcher;
 use crate::shared::new_runs::Row;
 use crate::shared::outbox::LoggedAttempt;
-use crate::shared::queue::{Finish, Finished};
-use crate::{Result, SignalHandler, Signals, StoreError};
+use crate::shared::queue::Finish;
+use crate::{Applied, Result, SignalHandler, Signals, StoreError};
 
 /// Results (rows, and one per statement) the writer connection's thread may queue before it
 /// waits for the writing task to take them: with sqlx's default (50), loading the runs of a
@@ -41,7 +41,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
     new_runs: Batcher<Row>,
     attempts: Batcher<LoggedAttempt>,
-    finishes: Batcher<Finish, Finished>,
+    finishes: Batcher<Finish, Applied>,
 }
 
 impl SqliteStore {

@@ -1,7 +1,5 @@
 //! The engine: claims due jobs from the store and executes them, writing each outcome back as
-//! one transaction in which the planner decides what follows. That transaction also hands the
-//! worker its next job when one is due (direct dispatch: the next step of a run is most often
-//! run by the worker that finished the one before, with no claim of its own).
+//! one transaction in which the planner decides what follows.
 
 mod planner;
 mod steps;
@@ -10,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookflow_store::{ClaimedJob, Dispatched, RunState, StepResult, WAKE_HORIZON_MS};
+use hookflow_store::{ClaimedJob, RunRecord, StepExecution, StepResult, WAKE_HORIZON_MS};
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms, sleep_until_due};
@@ -61,10 +59,7 @@ pub async fn run(app: Arc<App>) {
             let app = app.clone();
             let state = states.get(&job.run_id).cloned();
             tokio::spawn(async move {
-                let mut next = Some(Dispatched { job, state });
-                while let Some(Dispatched { job, state }) = next {
-                    next = execute(&app, job, state).await;
-                }
+                execute(app, job, state).await;
                 drop(permit);
             });
         }
@@ -74,6 +69,9 @@ pub async fn run(app: Arc<App>) {
         sleep_until_due(&app.work, app.store.next_job_at(), POLL_INTERVAL).await;
     }
 }
+
+/// A run with every execution of its steps, as read when its job was claimed.
+type RunState = Arc<(RunRecord, Vec<StepExecution>)>;
 
 /// The runs of a batch of claimed jobs, read in one query, by run id.
 async fn read_states(
@@ -90,15 +88,11 @@ async fn read_states(
         .collect())
 }
 
-/// Executes one job and commits its outcome, returning the job to run next, if one was due.
-/// Errors leave the job leased: it runs again when the lease expires.
-async fn execute(app: &Arc<App>, job: ClaimedJob, state: Option<RunState>) -> Option<Dispatched> {
-    match try_execute(app, &job, state).await {
-        Ok(next) => next,
-        Err(e) => {
-            tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
-            None
-        }
+/// Executes one job and commits its outcome. Errors leave the job leased: it runs again when
+/// the lease expires.
+async fn execute(app: Arc<App>, job: ClaimedJob, state: Option<RunState>) {
+    if let Err(e) = try_execute(&app, &job, state).await {
+        tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
     }
 }
 
@@ -106,7 +100,7 @@ async fn try_execute(
     app: &Arc<App>,
     job: &ClaimedJob,
     state: Option<RunState>,
-) -> anyhow::Result<Option<Dispatched>> {
+) -> anyhow::Result<()> {
     let state = state.ok_or_else(|| anyhow::anyhow!("run {} not found", job.run_id))?;
     let (run, executions) = &*state;
     let def = app
@@ -139,10 +133,10 @@ async fn try_execute(
         def,
         secrets,
     };
-    let (applied, next) = app
+    let applied = app
         .store
-        .finish_and_claim(job, result, Arc::new(planner), now_ms())
+        .finish_job(job, result, Arc::new(planner), now_ms())
         .await?;
     app.signal(&run.id, &applied);
-    Ok(next)
+    Ok(())
 }
