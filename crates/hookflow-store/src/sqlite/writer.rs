@@ -8,11 +8,24 @@
 //! Keeping a write runs no statement: its savepoint is released by the statement that opens
 //! the next one (`RELEASE hf; SAVEPOINT hf`) or that commits (`RELEASE hf; COMMIT`), so each
 //! write costs the connection one round trip less.
+//!
+//! The flush to disk happens after the connection is free again. The connection commits with
+//! `synchronous = NORMAL` (in WAL mode: written to the WAL file, not yet flushed), and a
+//! blocking thread then flushes the WAL file (`fdatasync`) before the batch's writers hear
+//! that they committed: the next batch is written while this one is flushed, and flushes in
+//! flight overlap. A write is acknowledged only once it is on disk, as with `synchronous =
+//! FULL`; what differs is that reading connections may see it a few milliseconds before that,
+//! which matters only if the machine loses power meanwhile, and no one was told it was
+//! accepted. A failed flush ends the process (as PostgreSQL does): the kernel may have dropped
+//! the pages it could not write, so what readers saw could be gone, and a restart recovers
+//! from what the disk holds.
 
 use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
@@ -26,6 +39,9 @@ const MAX_BATCH: usize = 256;
 pub struct GroupWriter {
     state: Arc<Mutex<State>>,
     queued: AtomicUsize,
+    /// The WAL file this writer flushes after each commit; `None` when the connection
+    /// flushes at commit itself (a database not in WAL mode).
+    wal: Option<Arc<PathBuf>>,
 }
 
 /// The savepoint of the last write, still open after the write ended.
@@ -48,8 +64,8 @@ struct State {
 }
 
 impl GroupWriter {
-    /// Wraps a dedicated connection.
-    pub fn new(conn: SqliteConnection) -> Arc<Self> {
+    /// Wraps a dedicated connection, which leaves flushing `wal` (if any) to the writer.
+    fn new(conn: SqliteConnection, wal: Option<PathBuf>) -> Arc<Self> {
         Arc::new(Self {
             state: Arc::new(Mutex::new(State {
                 conn,
@@ -58,6 +74,7 @@ impl GroupWriter {
                 pending: Vec::new(),
             })),
             queued: AtomicUsize::new(0),
+            wal: wal.map(Arc::new),
         })
     }
 
@@ -174,7 +191,13 @@ impl WriteTx {
                 match run(&mut state.conn, "RELEASE hf; COMMIT").await {
                     Ok(()) => {
                         state.open = false;
-                        for waiter in state.pending.drain(..) {
+                        let waiters = std::mem::take(&mut state.pending);
+                        // The next batch may start while this one is flushed.
+                        drop(state);
+                        if let Some(wal) = &writer.wal {
+                            flush(wal.clone()).await;
+                        }
+                        for waiter in waiters {
                             let _ = waiter.send(Ok(()));
                         }
                     }
@@ -220,38 +243,112 @@ impl Drop for WriteTx {
     }
 }
 
-/// Opens the writer's dedicated connection.
-pub async fn connect(options: &sqlx::sqlite::SqliteConnectOptions) -> Result<Arc<GroupWriter>> {
-    Ok(GroupWriter::new(
-        SqliteConnection::connect_with(options).await?,
-    ))
+/// Flushes the WAL file to disk: everything committed before the call is then durable.
+/// Ends the process when the flush fails (see the module's documentation).
+async fn flush(wal: Arc<PathBuf>) {
+    let flushed = tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&*wal)
+            .and_then(|file| file.sync_data())
+            .map_err(|e| format!("{}: {e}", wal.display()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(error) = flushed {
+        tracing::error!(%error, "flushing the SQLite WAL failed; stopping");
+        std::process::abort();
+    }
+}
+
+/// Opens the writer's dedicated connection. In WAL mode, it commits without flushing and the
+/// writer flushes the WAL file itself (see the module's documentation); otherwise, or when the
+/// WAL file is not where SQLite keeps it for the database's real path, the connection keeps
+/// flushing at each commit as `options` say.
+pub async fn connect(options: &SqliteConnectOptions) -> Result<Arc<GroupWriter>> {
+    let mut conn = SqliteConnection::connect_with(options).await?;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await?;
+    // A read opens the WAL file of a database in WAL mode (creating it if missing).
+    sqlx::query("SELECT count(*) FROM sqlite_master")
+        .execute(&mut conn)
+        .await?;
+    let wal = std::fs::canonicalize(options.get_filename())
+        .ok()
+        .map(|file| {
+            let mut wal = file.into_os_string();
+            wal.push("-wal");
+            PathBuf::from(wal)
+        })
+        .filter(|wal| mode.eq_ignore_ascii_case("wal") && wal.is_file());
+    match &wal {
+        Some(wal) => {
+            run(&mut conn, "PRAGMA synchronous = NORMAL").await?;
+            tracing::debug!(wal = %wal.display(), "the writer flushes the WAL after each commit");
+        }
+        None => tracing::debug!(mode, "the writer connection flushes at each commit"),
+    }
+    Ok(GroupWriter::new(conn, wal))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
+    use std::path::Path;
 
-    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
     use super::*;
 
+    /// A writer on a database whose table `t` was created first, as migrations do.
+    async fn writer_at(path: &Path, mode: SqliteJournalMode) -> Arc<GroupWriter> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(mode)
+            .synchronous(SqliteSynchronous::Full);
+        let mut migrator = SqliteConnection::connect_with(&options).await.unwrap();
+        run(&mut migrator, "CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
+        migrator.close().await.unwrap();
+        connect(&options).await.unwrap()
+    }
+
     async fn writer() -> (tempfile::TempDir, Arc<GroupWriter>) {
         let dir = tempfile::tempdir().unwrap();
-        let options = SqliteConnectOptions::from_str(&format!(
-            "sqlite://{}",
-            dir.path().join("w.db").display()
-        ))
-        .unwrap()
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-        let writer = connect(&options).await.unwrap();
+        let writer = writer_at(&dir.path().join("w.db"), SqliteJournalMode::Wal).await;
+        (dir, writer)
+    }
+
+    /// The writer connection's `synchronous` level (1 = NORMAL, 2 = FULL).
+    async fn synchronous(writer: &Arc<GroupWriter>) -> i64 {
         let mut tx = writer.begin().await.unwrap();
-        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
-            .execute(&mut *tx)
+        let level = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *tx)
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        (dir, writer)
+        level
+    }
+
+    #[tokio::test]
+    async fn in_wal_mode_the_writer_flushes_the_wal_file_of_the_real_path_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let writer = writer_at(&link.join("w.db"), SqliteJournalMode::Wal).await;
+        let wal = real.canonicalize().unwrap().join("w.db-wal");
+        assert_eq!(writer.wal.as_deref(), Some(&wal));
+        assert_eq!(synchronous(&writer).await, 1);
+    }
+
+    #[tokio::test]
+    async fn outside_wal_mode_the_connection_flushes_at_each_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer_at(&dir.path().join("w.db"), SqliteJournalMode::Delete).await;
+        assert!(writer.wal.is_none());
+        assert_eq!(synchronous(&writer).await, 2);
     }
 
     #[tokio::test]
