@@ -41,7 +41,14 @@ pub struct GroupWriter {
     queued: AtomicUsize,
     /// The WAL file this writer flushes after each commit; `None` when the connection
     /// flushes at commit itself (a database not in WAL mode).
-    wal: Option<Arc<PathBuf>>,
+    wal: Option<Arc<Wal>>,
+}
+
+/// The WAL file, open for flushing for as long as the writer lives (SQLite keeps the file
+/// while a connection has the database open).
+struct Wal {
+    path: PathBuf,
+    file: std::fs::File,
 }
 
 /// The savepoint of the last write, still open after the write ended.
@@ -65,7 +72,7 @@ struct State {
 
 impl GroupWriter {
     /// Wraps a dedicated connection, which leaves flushing `wal` (if any) to the writer.
-    fn new(conn: SqliteConnection, wal: Option<PathBuf>) -> Arc<Self> {
+    fn new(conn: SqliteConnection, wal: Option<Wal>) -> Arc<Self> {
         Arc::new(Self {
             state: Arc::new(Mutex::new(State {
                 conn,
@@ -245,11 +252,9 @@ impl Drop for WriteTx {
 
 /// Flushes the WAL file to disk: everything committed before the call is then durable.
 /// Ends the process when the flush fails (see the module's documentation).
-async fn flush(wal: Arc<PathBuf>) {
+async fn flush(wal: Arc<Wal>) {
     let flushed = tokio::task::spawn_blocking(move || {
-        std::fs::File::open(&*wal)
-            .and_then(|file| file.sync_data())
-            .map_err(|e| format!("{}: {e}", wal.display()))
+        (wal.file.sync_data()).map_err(|e| format!("{}: {e}", wal.path.display()))
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
@@ -279,11 +284,18 @@ pub async fn connect(options: &SqliteConnectOptions) -> Result<Arc<GroupWriter>>
             wal.push("-wal");
             PathBuf::from(wal)
         })
-        .filter(|wal| mode.eq_ignore_ascii_case("wal") && wal.is_file());
+        .filter(|_| mode.eq_ignore_ascii_case("wal"))
+        .and_then(|path| {
+            Some(Wal {
+                file: std::fs::File::open(&path).ok()?,
+                path,
+            })
+        });
     match &wal {
         Some(wal) => {
             run(&mut conn, "PRAGMA synchronous = NORMAL").await?;
-            tracing::debug!(wal = %wal.display(), "the writer flushes the WAL after each commit");
+            let path = wal.path.display();
+            tracing::debug!(wal = %path, "the writer flushes the WAL after each commit");
         }
         None => tracing::debug!(mode, "the writer connection flushes at each commit"),
     }
@@ -339,7 +351,7 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let writer = writer_at(&link.join("w.db"), SqliteJournalMode::Wal).await;
         let wal = real.canonicalize().unwrap().join("w.db-wal");
-        assert_eq!(writer.wal.as_deref(), Some(&wal));
+        assert_eq!(writer.wal.as_ref().map(|w| &w.path), Some(&wal));
         assert_eq!(synchronous(&writer).await, 1);
     }
 
