@@ -13,6 +13,7 @@ mod load;
 mod procs;
 mod receiver;
 mod report;
+mod stalls;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ use crate::load::{E2e, Measured, Stop, Target};
 use crate::procs::ChildGuard;
 use crate::receiver::Receiver;
 use crate::report::{MeasuredView, Row};
+use crate::stalls::Stalls;
 
 /// Reproducible benchmark of hookflow (accept, end to end, sync, backlog, and the naive
 /// one-insert-per-request ceiling), on SQLite and PostgreSQL.
@@ -724,7 +726,23 @@ async fn run_backend(
         warmup: p.warmup,
         measure: p.measure,
     };
-    let add = |key: &str, label: &str, m: &Measured, rss: Option<u64>, extra: Value| {
+    // SQLite's slow commits and WAL flushes since the row before; set once the server runs.
+    let stalls_seen: tokio::sync::Mutex<Option<Stalls>> = Default::default();
+    let server_at: std::sync::OnceLock<(String, String)> = Default::default();
+    let add = async |key: &str, label: &str, m: &Measured, rss: Option<u64>, mut extra: Value| {
+        if let Some((base, api_key)) = server_at.get() {
+            let now = Stalls::scrape(&ctx.client, base, api_key).await;
+            let mut seen = stalls_seen.lock().await;
+            // The ceiling row is another server's: hookflow's writes meanwhile are not its.
+            if let (Some(now), Some(before), false) = (&now, &*seen, key == "ceiling") {
+                let between = now.since(before);
+                if let Some(note) = between.note() {
+                    extra["note"] = note.into();
+                }
+                extra["sqlite_writer"] = between.json();
+            }
+            *seen = now;
+        }
         eprintln!(
             "{name}: {label}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, CPU server {:.0}% (busiest thread {}), loadgen {:.0}%, other {:.0}%{}",
             m.rate,
@@ -759,6 +777,8 @@ async fn run_backend(
     eprintln!("{name}: starting hookflow…");
     let mut server = start_hookflow(&ctx, &hookflow_db, &dir.join("hookflow.log")).await?;
     let pid = server.child.pid();
+    *stalls_seen.lock().await = Stalls::scrape(&ctx.client, &server.base, &server.key).await;
+    let _ = server_at.set((server.base.clone(), server.key.clone()));
     let defs = workflows(&ctx.receiver.work_url());
     for (def, deployment) in
         defs.iter()
@@ -831,7 +851,8 @@ async fn run_backend(
         &m,
         procs::rss_kib(pid),
         json!({"concurrency": p.sync_concurrency}),
-    );
+    )
+    .await;
     server.child.check_alive()?;
 
     // 3-4. Peak end to end, then half the peak in an open loop.
@@ -858,7 +879,8 @@ async fn run_backend(
             &m,
             procs::rss_kib(pid),
             json!({"concurrency": p.concurrency, "inflight": p.inflight, "waiting_runs": 0}),
-        );
+        )
+        .await;
         server.child.check_alive()?;
         peaks.push((key, deployment, label, m.rate));
     }
@@ -890,7 +912,8 @@ async fn run_backend(
             &m,
             procs::rss_kib(pid),
             json!({"offered_rate_per_s": rate, "peak_rate_per_s": peak}),
-        );
+        )
+        .await;
         server.child.check_alive()?;
     }
 
@@ -916,7 +939,8 @@ async fn run_backend(
         &m,
         rss,
         json!({ "concurrency": p.concurrency, "design": design }),
-    );
+    )
+    .await;
     let ceiling_rate = m.rate;
     server.child.check_alive()?;
 
@@ -977,7 +1001,8 @@ async fn run_backend(
             &m,
             procs::rss_kib(pid),
             json!({"concurrency": p.concurrency, "requests": level - before, "waiting_before": before, "waiting_after": waiting}),
-        );
+        )
+        .await;
         if first {
             let ratio = m.rate / ceiling_rate.max(1e-9);
             let mut r = report.lock().unwrap();
@@ -1017,7 +1042,8 @@ async fn run_backend(
             &m,
             rss,
             json!({"waiting_runs": waiting, "inflight": p.inflight}),
-        );
+        )
+        .await;
         backlog.push(json!({
             "waiting_runs": waiting,
             "e2e_three_steps_rate_per_s": (m.rate * 10.0).round() / 10.0,

@@ -389,6 +389,22 @@ async fn metrics_and_openapi_are_served() {
         text.lines().any(|l| l.starts_with("# TYPE ")),
         "Prometheus exposition format: {text}"
     );
+    // SQLite's writer times its WAL flushes (buckets, so slow ones can be counted); the deploy
+    // and the invoke above each flushed at least once.
+    let flushes = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hookflow_sqlite_wal_flush_seconds_count "))
+        .map(|n| n.parse::<u64>().expect("a count"));
+    match backend() {
+        Backend::Sqlite => {
+            assert!(flushes >= Some(2), "{text}");
+            assert!(
+                text.contains("hookflow_sqlite_wal_flush_seconds_bucket{le=\"0.05\"}"),
+                "{text}"
+            );
+        }
+        Backend::Postgres => assert_eq!(flushes, None, "{text}"),
+    }
 
     let (status, doc) = api.get("/openapi.json").await;
     assert_eq!(status, 200, "{doc}");

@@ -11,6 +11,8 @@ mod script;
 mod sets;
 mod writer;
 
+pub use writer::{COMMIT_SECONDS, WAL_FLUSH_SECONDS};
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;

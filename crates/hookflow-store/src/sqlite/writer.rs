@@ -24,6 +24,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
@@ -195,8 +196,10 @@ impl WriteTx {
             // for the next write to release.
             state.pending.push(done);
             if writer.queued.load(Ordering::SeqCst) == 0 || state.pending.len() >= MAX_BATCH {
+                let started = Instant::now();
                 match run(&mut state.conn, "RELEASE hf; COMMIT").await {
                     Ok(()) => {
+                        metrics::histogram!(COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
                         state.open = false;
                         let waiters = std::mem::take(&mut state.pending);
                         // The next batch may start while this one is flushed.
@@ -250,11 +253,23 @@ impl Drop for WriteTx {
     }
 }
 
-/// Flushes the WAL file to disk: everything committed before the call is then durable.
+/// The histogram of commit durations, in seconds: the `COMMIT` statement of a batch, which
+/// writes its pages to the WAL and, when the WAL has grown past SQLite's threshold, copies it
+/// back into the database (a checkpoint), holding the writer meanwhile.
+pub const COMMIT_SECONDS: &str = "hookflow_sqlite_commit_seconds";
+
+/// The histogram of WAL flush durations, in seconds (see [`flush`]).
+pub const WAL_FLUSH_SECONDS: &str = "hookflow_sqlite_wal_flush_seconds";
+
+/// Flushes the WAL file to disk: everything committed before the call is then durable. Its
+/// duration goes to [`WAL_FLUSH_SECONDS`] (what a batch of writers waits for the disk).
 /// Ends the process when the flush fails (see the module's documentation).
 async fn flush(wal: Arc<Wal>) {
     let flushed = tokio::task::spawn_blocking(move || {
-        (wal.file.sync_data()).map_err(|e| format!("{}: {e}", wal.path.display()))
+        let started = Instant::now();
+        let flushed = wal.file.sync_data();
+        metrics::histogram!(WAL_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+        flushed.map_err(|e| format!("{}: {e}", wal.path.display()))
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
