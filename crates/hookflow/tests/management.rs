@@ -389,21 +389,24 @@ async fn metrics_and_openapi_are_served() {
         text.lines().any(|l| l.starts_with("# TYPE ")),
         "Prometheus exposition format: {text}"
     );
-    // SQLite's writer times its WAL flushes (buckets, so slow ones can be counted); the deploy
-    // and the invoke above each flushed at least once.
-    let flushes = text
-        .lines()
-        .find_map(|l| l.strip_prefix("hookflow_sqlite_wal_flush_seconds_count "))
-        .map(|n| n.parse::<u64>().expect("a count"));
-    match backend() {
-        Backend::Sqlite => {
-            assert!(flushes >= Some(2), "{text}");
-            assert!(
-                text.contains("hookflow_sqlite_wal_flush_seconds_bucket{le=\"0.05\"}"),
-                "{text}"
-            );
+    // SQLite's writer times its commits and WAL flushes (buckets, so slow ones can be
+    // counted); the deploy and the invoke above each committed and flushed at least once.
+    for histogram in [
+        "hookflow_sqlite_commit_seconds",
+        "hookflow_sqlite_wal_flush_seconds",
+    ] {
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{histogram}_count ")))
+            .map(|n| n.parse::<u64>().expect("a count"));
+        match backend() {
+            Backend::Sqlite => {
+                assert!(count >= Some(2), "{histogram}: {text}");
+                let bucket = format!("{histogram}_bucket{{le=\"0.025\"}}");
+                assert!(text.contains(&bucket), "{bucket}: {text}");
+            }
+            Backend::Postgres => assert_eq!(count, None, "{histogram}: {text}"),
         }
-        Backend::Postgres => assert_eq!(flushes, None, "{text}"),
     }
 
     let (status, doc) = api.get("/openapi.json").await;

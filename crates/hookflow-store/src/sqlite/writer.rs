@@ -255,7 +255,8 @@ impl Drop for WriteTx {
 
 /// The histogram of commit durations, in seconds: the `COMMIT` statement of a batch, which
 /// writes its pages to the WAL and, when the WAL has grown past SQLite's threshold, copies it
-/// back into the database (a checkpoint), holding the writer meanwhile.
+/// back into the database (a checkpoint), holding the writer meanwhile (outside WAL mode, the
+/// commit also flushes).
 pub const COMMIT_SECONDS: &str = "hookflow_sqlite_commit_seconds";
 
 /// The histogram of WAL flush durations, in seconds (see [`flush`]).
