@@ -98,7 +98,7 @@ impl Histogram {
     }
 
     /// What was recorded after `earlier`.
-    pub fn since(&self, earlier: &Self) -> Self {
+    fn since(&self, earlier: &Self) -> Self {
         let before = |le: f64| {
             (earlier.buckets.iter())
                 .find(|b| b.0 == le)
@@ -112,10 +112,11 @@ impl Histogram {
         }
     }
 
-    /// Samples longer than `seconds` (a bucket bound).
+    /// Samples not known to be at most `seconds`: those above the largest bucket bound that
+    /// is not above `seconds` (all of them when `seconds` is below every bound).
     fn over(&self, seconds: f64) -> u64 {
-        let within = (self.buckets.iter())
-            .find(|b| b.0 == seconds)
+        let within = (self.buckets.iter().rev())
+            .find(|b| b.0 <= seconds)
             .map_or(0, |b| b.1);
         self.total.saturating_sub(within)
     }
@@ -130,7 +131,8 @@ impl Histogram {
     fn json(&self) -> Value {
         json!({
             "count": self.total,
-            "over_25ms": self.over(SLOW),
+            "slow": self.over(SLOW),
+            "slow_above_s": SLOW,
             "slowest_within_s": self.slowest_within(),
             "buckets": self.buckets.iter().map(|(le, n)| json!([le, n])).collect::<Vec<_>>(),
         })
@@ -192,7 +194,10 @@ mod tests {
             between.note().as_deref(),
             Some("5 commits > 25 ms (slowest ≤ 250 ms)")
         );
-        assert_eq!(between.json()["commits"]["over_25ms"], 5);
+        assert_eq!(between.json()["commits"]["slow"], 5);
+        // A bound that is not a bucket's counts from the bucket below it.
+        assert_eq!(between.commits.over(0.03), 5);
+        assert_eq!(between.commits.over(0.001), 100);
         assert_eq!(between.json()["wal_flushes"]["count"], 50);
     }
 
