@@ -216,7 +216,10 @@ pub trait Queue: Send + Sync + 'static {
     async fn next_job_at(&self) -> Result<Option<Millis>>;
     /// Applies a step's outcome (or, for a start job, starts the run) and plans what follows.
     /// Outcomes that arrive together are applied in one transaction (a batch); each caller
-    /// returns once the batch holding its outcome is committed.
+    /// returns once the batch holding its outcome is committed. When the plan schedules a step
+    /// that is due at once (and not a timer), the first such step's job is leased to the caller
+    /// in the same write and returned as [`Applied::Done`]'s `next`, to execute as if claimed:
+    /// a chain of steps then costs no claim, nor a wait for one, per step.
     async fn finish_job(
         &self,
         job: &ClaimedJob,

@@ -201,8 +201,10 @@ pub struct NewStep {
     pub attempt: i64,
     pub run_at: Millis,
     pub lease_ms: i64,
-    /// A timer (delay): it starts, and counts as running, as soon as it is scheduled.
-    pub timer: bool,
+    /// It starts, and counts as running, as soon as it is scheduled: a timer (a delay, whose
+    /// job fires at `run_at`), or a step leased to the write that scheduled it (see
+    /// [`NewStep::lease`]).
+    pub running: bool,
 }
 
 /// How soon a new job must be due for its commit to wake the engines. Engines poll at least
@@ -214,6 +216,19 @@ impl NewStep {
     /// Whether any of `steps`, scheduled at `now`, is due within [`WAKE_HORIZON_MS`].
     pub fn any_due_soon(steps: &[NewStep], now: Millis) -> bool {
         steps.iter().any(|s| s.run_at < now + WAKE_HORIZON_MS)
+    }
+
+    /// Whether the step's job can be leased to its writer at `now`: it is due, and no timer.
+    pub fn leasable(&self, now: Millis) -> bool {
+        !self.running && self.run_at <= now
+    }
+
+    /// Schedules the step leased from `now` to whoever writes it (lease token 0, which the
+    /// first claim would have raised to 1): it starts running, and its job is due again only
+    /// when the lease ends, for another node to take over if the holder died.
+    pub fn lease(&mut self, now: Millis) {
+        self.run_at = now + self.lease_ms;
+        self.running = true;
     }
 }
 
@@ -295,7 +310,7 @@ pub enum CreatedRun {
 }
 
 /// A run as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
     pub id: String,
     pub workspace_id: String,
@@ -320,7 +335,7 @@ pub struct RunRecord {
 }
 
 /// One attempt of one step.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepExecution {
     pub step_id: String,
     pub attempt: i64,
@@ -348,7 +363,7 @@ pub struct RunFilter {
 }
 
 /// A claimed unit of work; `step_id` None means "start the run".
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {
     pub id: i64,
     pub lease_token: i64,
@@ -508,12 +523,24 @@ pub enum Applied {
     Stale,
     /// Applied; `terminal` is set when the run ended, `event` when a callback was queued, and
     /// `work` when the engines should look for jobs now: a job due within [`WAKE_HORIZON_MS`]
-    /// was scheduled, or the run ended (which may start runs queued behind it).
+    /// was scheduled, or the run ended (which may start runs queued behind it). `next` is a
+    /// step of the run, due at once, whose job the write leased to its caller (only finished
+    /// jobs lease one: see [`crate::Queue::finish_job`]).
     Done {
         terminal: Option<RunStatus>,
         event: bool,
         work: bool,
+        next: Option<Box<LeasedJob>>,
     },
+}
+
+/// A job that the write which scheduled it leased to its caller, with its run and every
+/// execution of the run's steps as that write left them: all a claim and a read would give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedJob {
+    pub job: ClaimedJob,
+    pub run: RunRecord,
+    pub steps: Vec<StepExecution>,
 }
 
 /// A claimed outbound event.
@@ -578,7 +605,7 @@ mod tests {
             attempt: 1,
             run_at,
             lease_ms: 1000,
-            timer: false,
+            running: false,
         }
     }
 

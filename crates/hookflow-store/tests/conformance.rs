@@ -60,6 +60,7 @@ conformance!(
     queue::claims_lease_jobs,
     queue::concurrent_claimers,
     queue::finish_job_plans_next_steps,
+    queue::leased_step_is_taken_over_after_its_lease,
     queue::retries_then_fails,
     queue::racing_finishes_end_run_once,
     queue::racing_finishes_join_once,

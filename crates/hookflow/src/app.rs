@@ -114,6 +114,7 @@ impl App {
             terminal,
             event,
             work,
+            ..
         } = applied
         {
             if let Some(status) = terminal {

@@ -39,6 +39,11 @@ impl Backend for PgStore {
           FOR UPDATE SKIP LOCKED)) \
         RETURNING id, lease_token, run_id, deployment_id, event_type, payload, url, attempts";
 
+    const LEASED_JOBS: &str = "SELECT j.id, j.run_id, j.step_id, j.attempt, j.lease_token, \
+          j.kind \
+        FROM json_array_elements($1::json) AS t (v) JOIN jobs j ON j.run_id = v ->> 0 \
+          AND j.step_id = v ->> 1 AND j.attempt = (v ->> 2)::bigint";
+
     fn reader(&self) -> &PgPool {
         &self.pool
     }
@@ -227,12 +232,13 @@ pub(super) fn steps_ctes(first: usize) -> String {
         "new AS ( \
            SELECT * FROM unnest({}::text[], {}::bigint[], {}::text[], {}::bigint[], \
              {}::bigint[], {}::bigint[], {}::bool[]) \
-           AS t (run_id, at, step_id, attempt, run_at, lease_ms, timer)), \
+           AS t (run_id, at, step_id, attempt, run_at, lease_ms, running)), \
          executions AS ( \
            INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
              started_at) \
-           SELECT run_id, step_id, attempt, CASE WHEN timer THEN 'running' ELSE 'scheduled' END, \
-             at, CASE WHEN timer THEN at END FROM new), \
+           SELECT run_id, step_id, attempt, \
+             CASE WHEN running THEN 'running' ELSE 'scheduled' END, \
+             at, CASE WHEN running THEN at END FROM new), \
          jobs AS ( \
            INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
            SELECT run_id, step_id, attempt, run_at, lease_ms FROM new)",
@@ -264,7 +270,7 @@ pub(super) fn bind_steps<'q, 's>(
         .bind(steps.clone().map(|s| s.2.attempt).collect::<Vec<_>>())
         .bind(steps.clone().map(|s| s.2.run_at).collect::<Vec<_>>())
         .bind(steps.clone().map(|s| s.2.lease_ms).collect::<Vec<_>>())
-        .bind(steps.map(|s| s.2.timer).collect::<Vec<_>>())
+        .bind(steps.map(|s| s.2.running).collect::<Vec<_>>())
 }
 
 /// Runs and their executions in two queries: the runs in id order (locked with `lock`, a

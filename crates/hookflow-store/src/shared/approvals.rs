@@ -107,12 +107,8 @@ macro_rules! impl_approvals {
                         .bind(&found.step_id)
                         .execute(&mut *tx)
                         .await?;
-                    let step = Some((found.step_id.as_str(), found.attempt));
-                    let applied =
-                        Self::apply_result(&mut tx, &run, steps, step, Some(&result), planner, now)
-                            .await?;
-                    tx.commit().await?;
-                    Ok(Completion::Applied(applied))
+                    let step = (found.step_id.as_str(), found.attempt);
+                    Self::apply_outside_result(tx, &run, steps, step, &result, planner, now).await
                 }
             }
         };

@@ -12,10 +12,10 @@
 macro_rules! impl_lifecycle {
     ($store:ident) => {
         const _: () = {
-            use $crate::shared::run_writes::{RunWrites, StepRow};
+            use $crate::shared::run_writes::{LeaseKey, RunWrites, StepRow};
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
-                Applied, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner, Result,
+                Applied, Completion, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner, Result,
                 RunRecord, Signal, StepExecution, StepResult, Terminal, WAKE_HORIZON_MS,
             };
 
@@ -160,7 +160,10 @@ macro_rules! impl_lifecycle {
                 }
 
                 /// Applies one attempt's result to a live, locked run whose executions (as
-                /// loaded with it) are `steps`, then plans what follows.
+                /// loaded with it) are `steps`, then plans what follows. With `leases`, the
+                /// first planned step that is [`NewStep::leasable`] is leased to the caller
+                /// (see [`NewStep::lease`]), and added there as (run, step, attempt).
+                #[allow(clippy::too_many_arguments)]
                 async fn apply_result(
                     tx: &mut Tx<Self>,
                     run: &RunRecord,
@@ -169,6 +172,7 @@ macro_rules! impl_lifecycle {
                     result: Option<&StepResult>,
                     planner: &dyn Planner,
                     now: Millis,
+                    leases: Option<&mut Vec<LeaseKey>>,
                 ) -> Result<Applied> {
                     let mut row = None;
                     let mut timeout_soon = false;
@@ -193,6 +197,7 @@ macro_rules! impl_lifecycle {
                                     terminal: None,
                                     event: false,
                                     work,
+                                    next: None,
                                 });
                             }
                             StepResult::Waiting { deadline, approval } => {
@@ -218,12 +223,34 @@ macro_rules! impl_lifecycle {
                             _ => {}
                         }
                     }
-                    Self::plan(tx, run, &steps, row, planner, now, timeout_soon).await
+                    Self::plan(tx, run, &steps, row, planner, now, timeout_soon, leases).await
+                }
+
+                /// Applies, and commits, an attempt's result that came from outside hookflow (an
+                /// async step's completion, an answer to an approval): no engine slot waits for
+                /// what follows, so nothing is leased.
+                async fn apply_outside_result(
+                    mut tx: Tx<Self>,
+                    run: &RunRecord,
+                    steps: Vec<StepExecution>,
+                    step: (&str, i64),
+                    result: &StepResult,
+                    planner: &dyn Planner,
+                    now: Millis,
+                ) -> Result<Completion> {
+                    let (step, result) = (Some(step), Some(result));
+                    let applied =
+                        Self::apply_result(&mut tx, run, steps, step, result, planner, now, None)
+                            .await?;
+                    tx.commit().await?;
+                    Ok(Completion::Applied(applied))
                 }
 
                 /// Asks the planner what follows from the run's executions, and writes it
                 /// together with the applied attempt's `row`; `timeout_soon` tells that this
-                /// write already scheduled a timeout due within the wake horizon.
+                /// write already scheduled a timeout due within the wake horizon; `leases` as
+                /// for [`Self::apply_result`].
+                #[allow(clippy::too_many_arguments)]
                 async fn plan(
                     tx: &mut Tx<Self>,
                     run: &RunRecord,
@@ -232,8 +259,14 @@ macro_rules! impl_lifecycle {
                     planner: &dyn Planner,
                     now: Millis,
                     timeout_soon: bool,
+                    leases: Option<&mut Vec<LeaseKey>>,
                 ) -> Result<Applied> {
-                    let plan = planner.plan(run, steps, now);
+                    let mut plan = planner.plan(run, steps, now);
+                    let leasable = plan.start.iter_mut().find(|s| s.leasable(now));
+                    if let (Some(leases), Some(step), None) = (leases, leasable, &plan.terminal) {
+                        step.lease(now);
+                        leases.push((run.id.clone(), step.step_id.clone(), step.attempt));
+                    }
                     let writes = RunWrites {
                         step: row,
                         inline: plan.inline_rows(),
@@ -246,6 +279,7 @@ macro_rules! impl_lifecycle {
                             terminal: Some(terminal.status),
                             event: terminal.event.is_some(),
                             work: true,
+                            next: None,
                         });
                     }
                     let writes = RunWrites {
@@ -262,6 +296,7 @@ macro_rules! impl_lifecycle {
                         terminal: None,
                         event: false,
                         work,
+                        next: None,
                     })
                 }
             }

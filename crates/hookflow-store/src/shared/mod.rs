@@ -76,6 +76,9 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     const LIST_WORKFLOWS: &'static str;
     /// Leases due deliveries and returns them: `$1` now, `$2` limit, `$3` lease.
     const CLAIM_DELIVERIES: &'static str;
+    /// The jobs of steps, `$1` a JSON array of (run, step, attempt) rows, with the columns
+    /// of a claimed job.
+    const LEASED_JOBS: &'static str;
 
     /// The pool that reads go to.
     fn reader(&self) -> &Pool<Self::Db>;

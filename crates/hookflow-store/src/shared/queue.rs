@@ -28,10 +28,11 @@ macro_rules! impl_queue {
             use std::sync::Arc;
 
             use $crate::shared::queue::Finish;
-            use $crate::shared::{Backend as _, Tx};
+            use $crate::shared::run_writes::LeaseKey;
+            use $crate::shared::{Backend as _, Tx, rows};
             use $crate::{
-                Applied, ClaimedJob, Completion, JobKind, Millis, Planner, Queue, Result,
-                RunRecord, StepExecution, StepResult, StoreError,
+                Applied, ClaimedJob, Completion, JobKind, LeasedJob, Millis, Planner, Queue,
+                Result, RunRecord, StepExecution, StepResult, StoreError,
             };
 
             impl $store {
@@ -62,7 +63,8 @@ macro_rules! impl_queue {
                             .collect();
                         let held: HashSet<i64> =
                             Self::take_jobs(tx, &jobs).await?.into_iter().collect();
-                        for i in round {
+                        let mut leases = Vec::new();
+                        for &i in &round {
                             let finish = batch[i];
                             applied[i] = Some(if held.contains(&finish.job.id) {
                                 let state = states.remove(&finish.job.run_id).ok_or_else(|| {
@@ -71,22 +73,61 @@ macro_rules! impl_queue {
                                         finish.job.run_id
                                     ))
                                 })?;
-                                Self::apply_finished(tx, finish, state).await?
+                                Self::apply_finished(tx, finish, state, &mut leases).await?
                             } else {
                                 Applied::Stale
                             });
                         }
                         Self::flush_run_writes(tx).await?;
+                        if !leases.is_empty() {
+                            let mut leased = Self::leased_jobs(tx, &leases).await?;
+                            // A run has one finish per round, so at most one leased job.
+                            for i in round {
+                                if let Some(Applied::Done { next, .. }) = &mut applied[i] {
+                                    *next = leased.remove(&batch[i].job.run_id).map(Box::new);
+                                }
+                            }
+                            if !leased.is_empty() {
+                                return Err(StoreError::Corrupt("job leased twice".into()));
+                            }
+                        }
                         left = later;
                     }
                     Ok(applied.into_iter().flatten().collect())
                 }
 
-                /// Applies one finished job whose job was held, to its locked run.
+                /// The jobs of steps leased by this write (see [`crate::NewStep::lease`]), with
+                /// their runs as the write left them, by run id.
+                async fn leased_jobs(
+                    tx: &mut Tx<Self>,
+                    leases: &[LeaseKey],
+                ) -> Result<HashMap<String, LeasedJob>> {
+                    let keys = serde_json::to_string(leases).expect("leases serialize");
+                    let rows = sqlx::query(Self::LEASED_JOBS)
+                        .bind(keys)
+                        .fetch_all(&mut **tx)
+                        .await?;
+                    let mut jobs: HashMap<String, ClaimedJob> = rows
+                        .iter()
+                        .map(|row| rows::claimed_job(row).map(|job| (job.run_id.clone(), job)))
+                        .collect::<Result<_>>()?;
+                    let runs: Vec<&str> = leases.iter().map(|(run, _, _)| run.as_str()).collect();
+                    let mut leased = HashMap::new();
+                    for (run, steps) in Self::load_run_states(tx, &runs).await? {
+                        if let Some(job) = jobs.remove(&run.id) {
+                            leased.insert(run.id.clone(), LeasedJob { job, run, steps });
+                        }
+                    }
+                    Ok(leased)
+                }
+
+                /// Applies one finished job whose job was held, to its locked run, leasing the
+                /// next step due at once to the caller (added to `leases`).
                 async fn apply_finished(
                     tx: &mut Tx<Self>,
                     finish: &Finish,
                     (run, steps): (RunRecord, Vec<StepExecution>),
+                    leases: &mut Vec<LeaseKey>,
                 ) -> Result<Applied> {
                     if run.status.is_terminal() {
                         return Ok(Applied::Stale);
@@ -106,7 +147,9 @@ macro_rules! impl_queue {
                     }
                     let result = finish.result.as_ref();
                     let planner = finish.planner.as_ref();
-                    Self::apply_result(tx, &run, steps, step, result, planner, finish.now).await
+                    let now = finish.now;
+                    Self::apply_result(tx, &run, steps, step, result, planner, now, Some(leases))
+                        .await
                 }
             }
 
@@ -194,12 +237,8 @@ macro_rules! impl_queue {
                     .bind(attempt)
                     .execute(&mut *tx)
                     .await?;
-                    let step = Some((step_id, attempt));
-                    let applied =
-                        Self::apply_result(&mut tx, &run, steps, step, Some(&result), planner, now)
-                            .await?;
-                    tx.commit().await?;
-                    Ok(Completion::Applied(applied))
+                    let step = (step_id, attempt);
+                    Self::apply_outside_result(tx, &run, steps, step, &result, planner, now).await
                 }
             }
         };

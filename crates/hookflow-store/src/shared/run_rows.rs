@@ -101,7 +101,7 @@ impl RunRows {
     /// Adds steps to schedule, with their jobs, of the run `run_id`.
     pub(crate) fn push_steps(&mut self, run_id: &str, steps: &[NewStep], now: Millis) {
         for step in steps {
-            let (status, started) = match step.timer {
+            let (status, started) = match step.running {
                 true => ("running", Some(now)),
                 false => ("scheduled", None),
             };

@@ -11,6 +11,9 @@ pub(crate) const PROMOTE_CHECK: &str = "(SELECT d.concurrency_limit IS NOT NULL 
     SELECT 1 FROM runs q WHERE q.deployment_id = d.id AND q.status = 'queued') \
     FROM deployments d WHERE d.id = runs.deployment_id)";
 
+/// A step a write leased to its caller (see [`crate::NewStep::lease`]): (run, step, attempt).
+pub(crate) type LeaseKey = (String, String, i64);
+
 /// One attempt's outcome as its execution row stores it.
 pub(crate) struct StepRow<'a> {
     pub step_id: &'a str,

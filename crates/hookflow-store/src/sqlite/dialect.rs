@@ -39,6 +39,11 @@ impl Backend for SqliteStore {
         WHERE id IN (SELECT id FROM deliveries WHERE run_at <= $1 ORDER BY run_at LIMIT $2) \
         RETURNING id, lease_token, run_id, deployment_id, event_type, payload, url, attempts";
 
+    const LEASED_JOBS: &str = "SELECT j.id, j.run_id, j.step_id, j.attempt, j.lease_token, \
+          j.kind \
+        FROM json_each($1) AS v JOIN jobs j ON j.run_id = v.value ->> 0 \
+          AND j.step_id = v.value ->> 1 AND j.attempt = v.value ->> 2";
+
     fn reader(&self) -> &SqlitePool {
         &self.reader
     }

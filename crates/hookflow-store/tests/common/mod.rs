@@ -222,7 +222,7 @@ pub fn step(id: &str, run_at: Millis) -> NewStep {
         attempt: 1,
         run_at,
         lease_ms: LEASE,
-        timer: false,
+        running: false,
     }
 }
 

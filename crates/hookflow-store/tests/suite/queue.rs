@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use hookflow_store::{
-    Applied, ClaimedJob, Deployment, JobKind, NewRun, NewStep, RunStatus, StepResult, StepStatus,
+    Applied, ClaimedJob, Deployment, JobKind, LeasedJob, NewRun, NewStep, RunStatus, StepResult,
+    StepStatus,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -70,7 +71,8 @@ pub async fn claims_lease_jobs(db: &TestDb) {
         Applied::Done {
             terminal: None,
             event: false,
-            work: false
+            work: false,
+            next: None,
         }
     );
     assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + 3 * LEASE));
@@ -83,10 +85,63 @@ pub async fn claims_lease_jobs(db: &TestDb) {
         Applied::Done {
             terminal: Some(RunStatus::Completed),
             event: true,
-            work: true
+            work: true,
+            next: None,
         }
     );
     assert_eq!(s.next_job_at().await.unwrap(), None);
+}
+
+/// The step that a finish leased to its caller.
+fn leased(applied: Applied) -> LeasedJob {
+    match applied {
+        Applied::Done {
+            next: Some(leased), ..
+        } => *leased,
+        other => panic!("no step leased: {other:?}"),
+    }
+}
+
+/// A step leased to the finisher of the step before it is another node's once the lease ends
+/// (its holder died, say): the late holder's outcome is then refused.
+pub async fn leased_step_is_taken_over_after_its_lease(db: &TestDb) {
+    let s = &db.store;
+    let (_, dep) = fixture(db, None).await;
+    let planner = DagPlanner::chain(&["a", "b"]);
+    let run = new_run(&dep, &["a"]);
+    s.create_run(&run).await.unwrap();
+    let a = s.claim_jobs(T0, 10).await.unwrap().remove(0);
+    let applied = s.finish_job(&a, completed(), planner.shared(), T0 + 1);
+    let b = leased(applied.await.unwrap()).job;
+    let other = db.node().await;
+    assert!(other.claim_jobs(T0 + LEASE, 10).await.unwrap().is_empty());
+    let taken = other.claim_jobs(T0 + 1 + LEASE, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (taken[0].id, taken[0].lease_token),
+        (b.id, b.lease_token + 1)
+    );
+    assert_eq!(
+        s.finish_job(&b, completed(), planner.shared(), T0 + 2 + LEASE)
+            .await
+            .unwrap(),
+        Applied::Stale
+    );
+    let ended = other
+        .finish_job(&taken[0], completed(), planner.shared(), T0 + 2 + LEASE)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            ended,
+            Applied::Done {
+                terminal: Some(RunStatus::Completed),
+                next: None,
+                ..
+            }
+        ),
+        "{ended:?}"
+    );
 }
 
 /// Claimers on several nodes share the backlog without ever getting the same job twice.
@@ -129,30 +184,51 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
 
     let a = s.claim_jobs(T0, 10).await.unwrap().remove(0);
     let result = Some(StepResult::Completed(json!({"x": 1})));
+    // b is due at once: the finishing write leases it to its caller, so no engine needs
+    // waking for it.
+    let Applied::Done {
+        terminal: None,
+        event: false,
+        work: false,
+        next: Some(next),
+    } = s
+        .finish_job(&a, result, planner.shared(), T0 + 1)
+        .await
+        .unwrap()
+    else {
+        panic!("b is not leased to the caller");
+    };
+    // It comes with its run as stored: all that a claim and a read would give.
+    let LeasedJob {
+        job: b,
+        run: leased_run,
+        steps: leased_steps,
+    } = *next;
+    assert_eq!(Some(leased_run), s.run_by_id(&run.id).await.unwrap());
+    assert_eq!(leased_steps, s.step_executions(&run.id).await.unwrap());
     assert_eq!(
-        s.finish_job(&a, result, planner.shared(), T0 + 1)
-            .await
-            .unwrap(),
-        Applied::Done {
-            terminal: None,
-            event: false,
-            work: true
-        }
+        (b.run_id.as_str(), b.step_id.as_deref(), b.attempt),
+        (run.id.as_str(), Some("b"), 1)
     );
+    assert_eq!((b.lease_token, b.kind), (0, JobKind::Execute));
     let steps = s.step_executions(&run.id).await.unwrap();
     let summary = steps
         .iter()
-        .map(|e| (e.step_id.as_str(), e.status))
+        .map(|e| (e.step_id.as_str(), e.status, e.started_at))
         .collect::<Vec<_>>();
     assert_eq!(
         summary,
-        [("a", StepStatus::Completed), ("b", StepStatus::Scheduled)]
+        [
+            ("a", StepStatus::Completed, Some(T0)),
+            ("b", StepStatus::Running, Some(T0 + 1))
+        ]
     );
     assert_eq!(steps[0].output, Some(json!({"x": 1})));
     assert_eq!(steps[0].finished_at, Some(T0 + 1));
+    // Nobody else can claim b until its lease ends.
+    assert!(s.claim_jobs(T0 + 1, 10).await.unwrap().is_empty());
+    assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + 1 + LEASE));
 
-    let b = s.claim_jobs(T0 + 1, 10).await.unwrap().remove(0);
-    assert_eq!(b.step_id.as_deref(), Some("b"));
     assert_eq!(
         s.finish_job(&b, Some(StepResult::Skipped), planner.shared(), T0 + 2)
             .await
@@ -160,7 +236,8 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
         Applied::Done {
             terminal: None,
             event: false,
-            work: false
+            work: false,
+            next: None,
         }
     );
     // Skipped is not completed for this planner: nothing new is ready, the run stays live.
@@ -173,10 +250,8 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
     let run = new_run(&dep, &["a"]);
     s.create_run(&run).await.unwrap();
     let a = s.claim_jobs(T0 + 2, 10).await.unwrap().remove(0);
-    s.finish_job(&a, completed(), planner.shared(), T0 + 3)
-        .await
-        .unwrap();
-    let b = s.claim_jobs(T0 + 3, 10).await.unwrap().remove(0);
+    let applied = s.finish_job(&a, completed(), planner.shared(), T0 + 3);
+    let b = leased(applied.await.unwrap()).job;
     assert_eq!(
         s.finish_job(&b, completed(), planner.shared(), T0 + 4)
             .await
@@ -184,7 +259,8 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
         Applied::Done {
             terminal: Some(RunStatus::Completed),
             event: true,
-            work: true
+            work: true,
+            next: None,
         }
     );
     let ended = s.run(&ws.id, &run.id).await.unwrap().unwrap();
@@ -223,7 +299,7 @@ pub async fn retries_then_fails(db: &TestDb) {
         attempt: 2,
         run_at: T0 + 100,
         lease_ms: LEASE,
-        timer: false,
+        running: false,
     };
     let failed = StepResult::Failed {
         error: "boom".into(),
@@ -236,7 +312,8 @@ pub async fn retries_then_fails(db: &TestDb) {
         Applied::Done {
             terminal: None,
             event: false,
-            work: true
+            work: true,
+            next: None,
         }
     );
     let steps = s.step_executions(&run.id).await.unwrap();
@@ -265,7 +342,8 @@ pub async fn retries_then_fails(db: &TestDb) {
         Applied::Done {
             terminal: Some(RunStatus::Failed),
             event: true,
-            work: true
+            work: true,
+            next: None,
         }
     );
     let ended = s.run_by_id(&run.id).await.unwrap().unwrap();
@@ -347,7 +425,8 @@ pub async fn racing_finishes_end_run_once(db: &TestDb) {
                     Applied::Done {
                         terminal: Some(RunStatus::Completed),
                         event: true,
-                        work: true
+                        work: true,
+                        next: None,
                     }
                 )
             })
@@ -356,7 +435,8 @@ pub async fn racing_finishes_end_run_once(db: &TestDb) {
         assert!(results.contains(&Applied::Done {
             terminal: None,
             event: false,
-            work: false
+            work: false,
+            next: None,
         }));
         let stored = db.store.run_by_id(&run.id).await.unwrap().unwrap();
         assert_eq!(stored.status, RunStatus::Completed);
@@ -379,15 +459,21 @@ pub async fn racing_finishes_join_once(db: &TestDb) {
     });
     for round in 0..10 {
         let now = T0 + round * 10 * LEASE;
-        let (run, mut results) = race_a_and_b(db, &dep, &planner, now).await;
-        // Only the finisher that scheduled the join asks the engines to look for work.
-        results.sort_by_key(|r| format!("{r:?}"));
-        let done = |work| Applied::Done {
-            terminal: None,
-            event: false,
-            work,
-        };
-        assert_eq!(results, [done(false), done(true)], "round {round}");
+        let (run, results) = race_a_and_b(db, &dep, &planner, now).await;
+        // Only the finisher that scheduled the join gets it, leased; no engine needs waking.
+        let leased: Vec<&ClaimedJob> = (results.iter())
+            .filter_map(|r| match r {
+                Applied::Done {
+                    terminal: None,
+                    event: false,
+                    work: false,
+                    next,
+                } => next.as_ref().map(|leased| &leased.job),
+                other => panic!("round {round}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(leased.len(), 1, "round {round}");
+        assert_eq!(leased[0].step_id.as_deref(), Some("join"));
         let joins = db
             .store
             .step_executions(&run.id)
@@ -397,7 +483,7 @@ pub async fn racing_finishes_join_once(db: &TestDb) {
             .filter(|e| e.step_id == "join")
             .count();
         assert_eq!(joins, 1, "round {round}");
-        claim_run(db, &run.id, now + 1, 1).await;
+        claim_run(db, &run.id, now + 1, 0).await;
     }
 }
 
@@ -454,12 +540,14 @@ pub async fn concurrent_finishes_share_batches(db: &TestDb) {
                 &Applied::Done {
                     terminal: None,
                     event: false,
-                    work: false
+                    work: false,
+                    next: None,
                 },
                 &Applied::Done {
                     terminal: Some(RunStatus::Completed),
                     event: true,
-                    work: true
+                    work: true,
+                    next: None,
                 }
             ],
             "run {id}"

@@ -59,7 +59,7 @@ pub async fn create_and_read(db: &TestDb) {
 
     // A timer starts (and counts as running) as soon as it is scheduled.
     let mut timed = new_run(&dep, &["wait"]);
-    timed.plan.start[0].timer = true;
+    timed.plan.start[0].running = true;
     timed.plan.start[0].run_at = T0 + 5_000;
     timed.plan.status = RunStatus::Waiting;
     s.create_run(&timed).await.unwrap();
@@ -413,12 +413,20 @@ pub async fn concurrency_limit_queues(db: &TestDb) {
         (r2.id.as_str(), None, 0)
     );
     assert_eq!(start.kind, JobKind::Execute);
-    s.finish_job(start, None, planner.shared(), T0 + 11)
+    // Starting the run leases its first step to the starter.
+    let started = s
+        .finish_job(start, None, planner.shared(), T0 + 11)
         .await
         .unwrap();
-    let jobs = s.claim_jobs(T0 + 11, 10).await.unwrap();
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].step_id.as_deref(), Some("a"));
+    let hookflow_store::Applied::Done { next: Some(a), .. } = started else {
+        panic!("the first step is not leased: {started:?}");
+    };
+    let a = a.job;
+    assert_eq!(
+        (a.run_id.as_str(), a.step_id.as_deref()),
+        (r2.id.as_str(), Some("a"))
+    );
+    assert!(s.claim_jobs(T0 + 11, 10).await.unwrap().is_empty());
 
     // While r2 holds the slot, a new run waits.
     let r3 = new_run(&dep, &["a"]);

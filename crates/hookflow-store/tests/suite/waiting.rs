@@ -21,7 +21,8 @@ async fn waiting_run(db: &TestDb, step: &'static str) -> String {
         Applied::Done {
             terminal: None,
             event: false,
-            work: false
+            work: false,
+            next: None,
         }
     );
     run_id
@@ -55,7 +56,8 @@ pub async fn near_timeout_wakes(db: &TestDb) {
         Applied::Done {
             terminal: None,
             event: false,
-            work: true
+            work: true,
+            next: None,
         }
     );
     assert_eq!(db.store.next_job_at().await.unwrap(), Some(T0 + 100));
@@ -95,7 +97,8 @@ pub async fn async_completion(db: &TestDb) {
         Completion::Applied(Applied::Done {
             terminal: Some(RunStatus::Completed),
             event: true,
-            work: true
+            work: true,
+            next: None,
         })
     );
     let step = &s.step_executions(&run_id).await.unwrap()[0];
@@ -140,7 +143,8 @@ pub async fn async_timeout(db: &TestDb) {
         Applied::Done {
             terminal: Some(RunStatus::Failed),
             event: true,
-            work: true
+            work: true,
+            next: None,
         }
     );
     let late = StepResult::Completed(json!(1));
@@ -180,6 +184,7 @@ pub async fn racing_completions(db: &TestDb) {
             terminal: Some(RunStatus::Completed),
             event: true,
             work: true,
+            next: None,
         });
         let other = if round == 0 {
             Completion::Duplicate
@@ -296,7 +301,8 @@ pub async fn approvals(db: &TestDb) {
         Completion::Applied(Applied::Done {
             terminal: Some(RunStatus::Completed),
             event: true,
-            work: true
+            work: true,
+            next: None,
         })
     );
     let answered = s.approval("apr_1").await.unwrap().unwrap();
@@ -425,6 +431,7 @@ pub async fn racing_answers(db: &TestDb) {
         terminal: Some(RunStatus::Completed),
         event: true,
         work: true,
+        next: None,
     });
     assert!(
         results.contains(&applied) && results.contains(&Completion::Conflict),

@@ -264,6 +264,7 @@ pub async fn cancel(
                     terminal: Some(RunStatus::Cancelled),
                     event: has_event,
                     work: true,
+                    next: None,
                 },
             );
             let run = find(&app, &auth.workspace_id, &id).await?;

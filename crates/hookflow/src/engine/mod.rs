@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookflow_store::{ClaimedJob, RunRecord, StepExecution, StepResult, WAKE_HORIZON_MS};
+use hookflow_store::{
+    Applied, ClaimedJob, LeasedJob, RunRecord, StepExecution, StepResult, WAKE_HORIZON_MS,
+};
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms, sleep_until_due};
@@ -88,19 +90,33 @@ async fn read_states(
         .collect())
 }
 
-/// Executes one job and commits its outcome. Errors leave the job leased: it runs again when
-/// the lease expires.
+/// Executes one job and commits its outcome, then, in the same slot, each step of its run that
+/// such a commit leased to this node (see [`hookflow_store::Queue::finish_job`]). Errors leave
+/// the job leased: it runs again when the lease expires.
 async fn execute(app: Arc<App>, job: ClaimedJob, state: Option<RunState>) {
-    if let Err(e) = try_execute(&app, &job, state).await {
-        tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
+    let mut next = Some((job, state));
+    while let Some((job, state)) = next.take() {
+        match try_execute(&app, &job, state).await {
+            Ok(leased) => {
+                next = leased.map(|leased| {
+                    let LeasedJob { job, run, steps } = *leased;
+                    (job, Some(Arc::new((run, steps))))
+                });
+            }
+            Err(e) => {
+                tracing::error!(run = %job.run_id, step = ?job.step_id, error = %e, "job failed; it will be retried after its lease");
+            }
+        }
     }
 }
 
+/// Executes one job and commits its outcome; answers the job that the commit leased to this
+/// node, if any.
 async fn try_execute(
     app: &Arc<App>,
     job: &ClaimedJob,
     state: Option<RunState>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Box<LeasedJob>>> {
     let state = state.ok_or_else(|| anyhow::anyhow!("run {} not found", job.run_id))?;
     let (run, executions) = &*state;
     let def = app
@@ -138,5 +154,8 @@ async fn try_execute(
         .finish_job(job, result, Arc::new(planner), now_ms())
         .await?;
     app.signal(&run.id, &applied);
-    Ok(())
+    Ok(match applied {
+        Applied::Done { next, .. } => next,
+        Applied::Stale => None,
+    })
 }

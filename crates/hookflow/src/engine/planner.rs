@@ -41,7 +41,7 @@ fn call_timeout(step: &StepDef) -> Duration {
 
 /// A new first attempt of `step`, due now (or after its duration, for a delay).
 pub fn new_step(step: &StepDef, attempt: i64, run_at: Millis) -> NewStep {
-    let (run_at, timer) = match &step.kind {
+    let (run_at, running) = match &step.kind {
         StepKind::Delay { duration } => (run_at + duration.as_millis() as Millis, true),
         _ => (run_at, false),
     };
@@ -50,7 +50,7 @@ pub fn new_step(step: &StepDef, attempt: i64, run_at: Millis) -> NewStep {
         attempt,
         run_at,
         lease_ms: call_timeout(step).as_millis() as i64 + LEASE_MARGIN_MS,
-        timer,
+        running,
     }
 }
 
