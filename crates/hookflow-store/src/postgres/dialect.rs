@@ -276,9 +276,10 @@ pub(super) fn bind_steps<'q, 's>(
 /// Runs and their executions in two queries: the runs in id order (locked with `lock`, a
 /// clause such as `FOR UPDATE OF r`, or empty), then their executions; the second one's
 /// snapshot is taken once the locks are held (a join would read the executions as they were
-/// before waiting for a lock). Both are planned for each list: a locked read runs in a write
-/// transaction, which plans every execution (see `BEGIN_KEYED`); an unlocked one, on a
-/// pooled connection, is not prepared (`persistent(false)`: one more round trip).
+/// before waiting for a lock). Neither may scan whole tables: a locked read runs in a write
+/// transaction, which prices scans out (see `BEGIN_KEYED`); an unlocked one, on a pooled
+/// connection, is not prepared, so it is planned for each list (`persistent(false)`: one more
+/// round trip).
 async fn run_states(
     conn: &mut PgConnection,
     run_ids: &[&str],

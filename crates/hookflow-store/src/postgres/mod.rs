@@ -122,14 +122,16 @@ pub(crate) struct Tx {
 /// statistics lag its growth the planner then scans and hashes the whole table (seen in the
 /// benchmark: ~1 ms per batch of outcomes with under a thousand executions, where one
 /// lookup takes 0.05 ms). These settings only price scans and hash or merge joins out; a
-/// statement with no index to use still scans. Every execution is planned for its own
-/// arguments (`plan_cache_mode`): a generic plan cached while the tables were small kept
-/// scanning whole tables as they grew (benchmark, 3-step peak with 20k waiting runs: 241
-/// runs/s with it, 1318 without); so the statements can stay prepared, which saves each one a
-/// parse and a round trip. Sent with `BEGIN`: no extra round trip.
+/// statement with no index to use still scans. The statements stay prepared, and PostgreSQL
+/// may settle on a generic plan for each: with scans priced out, it looks rows up by key as
+/// the custom plans do (before these settings, a generic plan cached while the tables were
+/// small kept scanning them as they grew: 241 runs/s against 1318 at the 3-step peak with 20k
+/// waiting runs), and it spares planning every execution: the statement writing a batch's runs
+/// was the one PostgreSQL spent most time running at half the peak, and forcing custom plans
+/// cost 13-15 % of the 3-step peak (benchmark, quick mode). Sent with `BEGIN`: no extra round
+/// trip.
 const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
-    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
-    SET LOCAL plan_cache_mode = force_custom_plan";
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 impl Tx {
     /// Begins a write transaction (see [`BEGIN_KEYED`]) on a connection of `pool`.
