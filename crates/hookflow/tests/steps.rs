@@ -194,6 +194,35 @@ async fn a_failing_http_step_fails_the_run_once_and_its_dependants_never_run() {
 }
 
 #[tokio::test]
+async fn an_http_step_after_another_starts_in_the_write_that_ends_the_first() {
+    let server = Server::start_default().await;
+    let api = server.api();
+    let service = Service::start().await;
+    let def = workflow(
+        "chained",
+        json!([
+            { "id": "first", "kind": "http", "request": { "method": "POST", "url": service.url("/echo/first"), "body": { "n": "{{ inputs.n }}" } } },
+            { "id": "second", "kind": "http", "needs": ["first"],
+              "request": { "method": "POST", "url": service.url("/echo/second"), "body": "{{ steps.first.output.body }}" } },
+        ]),
+        "{{ steps.second.output.body }}",
+    );
+    let answer = run_sync(&api, &def, json!({ "n": 7 })).await;
+    assert_eq!(answer["run_status"], "completed", "{answer}");
+    assert_eq!(answer["output"]["result"], json!({ "n": 7 }), "{answer}");
+    // The write that ended `first` leased `second` to the node that ran `first`: it started
+    // running in that write, with no claim in between.
+    let run = record(&api, &answer).await;
+    let (first, second) = (
+        &step_attempts(&run, "first")[0],
+        &step_attempts(&run, "second")[0],
+    );
+    assert!(first["finished_at"].is_string(), "{run:#}");
+    assert_eq!(first["finished_at"], second["started_at"], "{run:#}");
+    assert_eq!(service.requests_to("/echo/second").len(), 1);
+}
+
+#[tokio::test]
 async fn a_retried_http_step_succeeds_on_a_later_attempt() {
     let server = Server::start_default().await;
     let api = server.api();

@@ -15,8 +15,8 @@ macro_rules! impl_lifecycle {
             use $crate::shared::run_writes::{LeaseKey, RunWrites, StepRow};
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
-                Applied, Completion, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner, Result,
-                RunRecord, Signal, StepExecution, StepResult, Terminal, WAKE_HORIZON_MS,
+                Applied, Completion, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner,
+                Result, RunRecord, Signal, StepExecution, StepResult, Terminal, WAKE_HORIZON_MS,
             };
 
             impl $store {

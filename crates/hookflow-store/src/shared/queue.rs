@@ -80,15 +80,15 @@ macro_rules! impl_queue {
                         }
                         Self::flush_run_writes(tx).await?;
                         if !leases.is_empty() {
-                            let mut leased = Self::leased_jobs(tx, &leases).await?;
                             // A run has one finish per round, so at most one leased job.
+                            let mut leased = Self::leased_jobs(tx, &leases).await?;
+                            if leased.len() != leases.len() {
+                                return Err(StoreError::Corrupt("a leased job is missing".into()));
+                            }
                             for i in round {
                                 if let Some(Applied::Done { next, .. }) = &mut applied[i] {
                                     *next = leased.remove(&batch[i].job.run_id).map(Box::new);
                                 }
-                            }
-                            if !leased.is_empty() {
-                                return Err(StoreError::Corrupt("job leased twice".into()));
                             }
                         }
                         left = later;
