@@ -126,8 +126,8 @@ pub(crate) struct Tx {
 /// may settle on a generic plan for each: with scans priced out, it looks rows up by key as
 /// the custom plans do (before these settings, a generic plan cached while the tables were
 /// small kept scanning them as they grew: 241 runs/s against 1318 at the 3-step peak with 20k
-/// waiting runs), and it spares planning every execution: the statement writing a batch's runs
-/// was the one PostgreSQL spent most time running at half the peak, and forcing custom plans
+/// waiting runs), and it spares planning every execution: the statement writing a batch of
+/// outcomes was the one PostgreSQL spent most time running at half the peak; forcing custom plans
 /// cost 13-15 % of the 3-step peak (benchmark, quick mode). Sent with `BEGIN`: no extra round
 /// trip.
 const BEGIN_KEYED: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
