@@ -219,7 +219,11 @@ pub trait Queue: Send + Sync + 'static {
     /// returns once the batch holding its outcome is committed. When the plan schedules a step
     /// that is due at once (and not a timer), the first such step's job is leased to the caller
     /// in the same write and returned as [`Applied::Done`]'s `next`, to execute as if claimed:
-    /// a chain of steps then costs no claim, nor a wait for one, per step.
+    /// a chain of steps then costs no claim, nor a wait for one, per step. Likewise, when the
+    /// write ends the run with an event and the planner's [`Planner::lease_event`] gives a
+    /// lease, the event is written leased to the caller (due only when that lease ends, like a
+    /// claimed one) and returned as `leased_event`, for the caller to send at once: the
+    /// callback then costs no claim either.
     async fn finish_job(
         &self,
         job: &ClaimedJob,

@@ -514,6 +514,13 @@ impl Plan {
 pub trait Planner: Send + Sync {
     /// `steps` holds every execution of the run, in (step, attempt) order.
     fn plan(&self, run: &RunRecord, steps: &[StepExecution], now: Millis) -> Plan;
+
+    /// Asked when a finished job's write ends the run with an event: the lease (ms) under
+    /// which the caller will send the event itself at once, or None to leave it to claims
+    /// (see [`crate::Queue::finish_job`]).
+    fn lease_event(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// Result of applying a step outcome.
@@ -524,13 +531,15 @@ pub enum Applied {
     /// Applied; `terminal` is set when the run ended, `event` when a callback was queued, and
     /// `work` when the engines should look for jobs now: a job due within [`WAKE_HORIZON_MS`]
     /// was scheduled, or the run ended (which may start runs queued behind it). `next` is a
-    /// step of the run, due at once, whose job the write leased to its caller (only finished
-    /// jobs lease one: see [`crate::Queue::finish_job`]).
+    /// step of the run, due at once, whose job the write leased to its caller, and
+    /// `leased_event` the run's end event when the write leased it to its caller to send (only
+    /// finished jobs lease either: see [`crate::Queue::finish_job`]).
     Done {
         terminal: Option<RunStatus>,
         event: bool,
         work: bool,
         next: Option<Box<LeasedJob>>,
+        leased_event: Option<Box<ClaimedDelivery>>,
     },
 }
 
@@ -544,7 +553,7 @@ pub struct LeasedJob {
 }
 
 /// A claimed outbound event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedDelivery {
     pub id: String,
     pub lease_token: i64,

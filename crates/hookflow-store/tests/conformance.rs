@@ -66,6 +66,8 @@ conformance!(
     queue::racing_finishes_join_once,
     queue::concurrent_finishes_share_batches,
     outbox::deliveries_lease_and_record,
+    outbox::finished_job_leases_its_end_event,
+    outbox::leased_event_is_taken_over_after_its_lease,
     outbox::deliveries_give_up,
     outbox::concurrent_attempts,
     outbox::manual_event,

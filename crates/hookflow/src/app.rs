@@ -9,7 +9,7 @@ use hookflow_core::{Templates, WorkflowDef};
 use hookflow_store::{Applied, Millis, Store, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Map, Value};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Settings;
 use crate::lookups::Lookups;
@@ -78,6 +78,10 @@ pub struct App {
     pub work: Notify,
     /// Wakes delivery: new events were committed.
     pub outbox: Notify,
+    /// Delivery attempts this node may have in flight (see [`crate::delivery`]): taken by the
+    /// delivery loop's claims and by the events finished jobs lease (see
+    /// [`hookflow_store::Queue::finish_job`]).
+    pub delivery_slots: Arc<Semaphore>,
 }
 
 impl App {
@@ -105,6 +109,7 @@ impl App {
             waiters: Waiters::default(),
             work: Notify::new(),
             outbox: Notify::new(),
+            delivery_slots: Arc::new(Semaphore::new(crate::delivery::MAX_IN_FLIGHT)),
         }
     }
 
@@ -114,6 +119,7 @@ impl App {
             terminal,
             event,
             work,
+            leased_event,
             ..
         } = applied
         {
@@ -122,7 +128,7 @@ impl App {
                     .increment(1);
                 self.waiters.wake(run_id);
             }
-            if *event {
+            if *event && leased_event.is_none() {
                 self.outbox.notify_one();
             }
             if *work {

@@ -44,7 +44,7 @@ const JOBS: &str = "INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms
 const EVENTS: &str = "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, \
       event_type, payload, url, status, run_at, created_at, updated_at) \
     SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4, v ->> 5, v ->> 6, 'pending', \
-      (v ->> 7)::bigint, (v ->> 7)::bigint, (v ->> 7)::bigint \
+      (v ->> 8)::bigint, (v ->> 7)::bigint, (v ->> 7)::bigint \
     FROM {rows}";
 
 /// Status changes (see [`RunRows::statuses`]).

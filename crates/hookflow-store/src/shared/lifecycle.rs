@@ -15,7 +15,7 @@ macro_rules! impl_lifecycle {
             use $crate::shared::run_writes::{LeaseKey, RunWrites, StepRow};
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
-                Applied, Completion, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner,
+                Applied, ClaimedDelivery, Completion, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner,
                 Result, RunRecord, Signal, StepExecution, StepResult, Terminal, WAKE_HORIZON_MS,
             };
 
@@ -90,7 +90,7 @@ macro_rules! impl_lifecycle {
                         ..writes
                     };
                     let promote = Self::write_run(tx, &writes).await?;
-                    if terminal.event.is_some() {
+                    if terminal.event.is_some() && writes.event_lease.is_none() {
                         tx.signal(Signal::Outbox);
                     }
                     if run.delivery == Delivery::Direct {
@@ -162,7 +162,9 @@ macro_rules! impl_lifecycle {
                 /// Applies one attempt's result to a live, locked run whose executions (as
                 /// loaded with it) are `steps`, then plans what follows. With `leases`, the
                 /// first planned step that is [`NewStep::leasable`] is leased to the caller
-                /// (see [`NewStep::lease`]), and added there as (run, step, attempt).
+                /// (see [`NewStep::lease`]), and added there as (run, step, attempt), and the
+                /// run's end event is leased to it when the planner asks (see
+                /// [`Planner::lease_event`]).
                 #[allow(clippy::too_many_arguments)]
                 async fn apply_result(
                     tx: &mut Tx<Self>,
@@ -198,6 +200,7 @@ macro_rules! impl_lifecycle {
                                     event: false,
                                     work,
                                     next: None,
+                                    leased_event: None,
                                 });
                             }
                             StepResult::Waiting { deadline, approval } => {
@@ -262,6 +265,8 @@ macro_rules! impl_lifecycle {
                     leases: Option<&mut Vec<LeaseKey>>,
                 ) -> Result<Applied> {
                     let mut plan = planner.plan(run, steps, now);
+                    // Only a finished job's caller takes leases (of a step, or of the event).
+                    let takes_leases = leases.is_some();
                     let leasable = plan.start.iter_mut().find(|s| s.leasable(now));
                     if let (Some(leases), Some(step), None) = (leases, leasable, &plan.terminal) {
                         step.lease(now);
@@ -274,12 +279,34 @@ macro_rules! impl_lifecycle {
                     };
                     if let Some(terminal) = &plan.terminal {
                         let open = steps.iter().any(|e| e.status.is_open());
+                        let event_lease = (terminal.event.as_ref())
+                            .filter(|_| takes_leases)
+                            .and_then(|_| planner.lease_event());
+                        let writes = RunWrites {
+                            event_lease,
+                            ..writes
+                        };
                         Self::end_run(tx, writes, terminal, open).await?;
+                        let leased_event = (terminal.event.as_ref())
+                            .filter(|_| event_lease.is_some())
+                            .map(|event| {
+                                Box::new(ClaimedDelivery {
+                                    id: event.id.clone(),
+                                    lease_token: 0,
+                                    run_id: run.id.clone(),
+                                    deployment_id: run.deployment_id.clone(),
+                                    event_type: event.event_type.clone(),
+                                    payload: event.payload.clone(),
+                                    url: event.url.clone(),
+                                    attempts: 0,
+                                })
+                            });
                         return Ok(Applied::Done {
                             terminal: Some(terminal.status),
                             event: terminal.event.is_some(),
                             work: true,
                             next: None,
+                            leased_event,
                         });
                     }
                     let writes = RunWrites {
@@ -297,6 +324,7 @@ macro_rules! impl_lifecycle {
                         event: false,
                         work,
                         next: None,
+                        leased_event: None,
                     })
                 }
             }

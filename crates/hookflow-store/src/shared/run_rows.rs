@@ -50,7 +50,7 @@ pub(crate) struct RunRows {
     pub(crate) steps: Rows,
     /// Open work of ending runs, to abandon after the outcomes are written: (run, now).
     pub(crate) abandon: Rows,
-    /// Events, due at once: (id, run, workspace, deployment, type, payload, URL, now).
+    /// Events: (id, run, workspace, deployment, type, payload, URL, now, due at).
     pub(crate) events: Rows,
     /// Runs going on in another status: (run, status).
     pub(crate) statuses: Rows,
@@ -87,7 +87,8 @@ impl RunRows {
         if let Some(end) = writes.end {
             if let Some(event) = &end.event {
                 let ids = [&run.id, &run.workspace_id, &run.deployment_id];
-                self.push_event(ids, event, now);
+                let due = now + writes.event_lease.unwrap_or(0);
+                self.push_event(ids, event, now, due);
             }
             let output = end.output.as_ref().map(|v| v.to_string());
             let error = clean(end.error.as_deref());
@@ -118,12 +119,13 @@ impl RunRows {
         }
     }
 
-    /// Adds a run's event, due at once; `run` holds the run's id, workspace and deployment.
+    /// Adds a run's event, due at `due`; `run` holds the run's id, workspace and deployment.
     pub(crate) fn push_event(
         &mut self,
         [run, ws, deployment]: [&String; 3],
         event: &NewEvent,
         now: Millis,
+        due: Millis,
     ) {
         self.events.push((
             &event.id,
@@ -134,6 +136,7 @@ impl RunRows {
             &event.payload,
             &event.url,
             now,
+            due,
         ));
     }
 

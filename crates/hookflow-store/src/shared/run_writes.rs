@@ -63,6 +63,9 @@ pub(crate) struct RunWrites<'a> {
     pub status: Option<RunStatus>,
     /// How the run ends (its event written with it).
     pub end: Option<&'a Terminal>,
+    /// The lease (ms) under which the end's event goes to the write's caller to send; None
+    /// makes it due at once.
+    pub event_lease: Option<i64>,
     /// The run ends with open attempts: abandon them, drop its jobs and cancel its pending
     /// approvals, after the applied attempt's outcome is written.
     pub abandon: bool,
@@ -79,6 +82,7 @@ impl<'a> RunWrites<'a> {
             start: &[],
             status: None,
             end: None,
+            event_lease: None,
             abandon: false,
         }
     }

@@ -57,11 +57,11 @@ const ABANDON_OPEN_WORK: &str = "DELETE FROM jobs \
     UPDATE approvals SET status = 'cancelled' \
     WHERE run_id IN (SELECT value ->> 0 FROM json_each($1)) AND status = 'pending'";
 
-/// Events, due at once: (id, run, workspace, deployment, type, payload, URL, now).
+/// Events: (id, run, workspace, deployment, type, payload, URL, now, due at).
 const INSERT_EVENTS: &str = "INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, \
       event_type, payload, url, status, run_at, created_at, updated_at) \
     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-      value ->> 6, 'pending', value ->> 7, value ->> 7, value ->> 7 \
+      value ->> 6, 'pending', value ->> 8, value ->> 7, value ->> 7 \
     FROM json_each($1)";
 
 /// Delivery attempts, logged, and their effect on their events: (event, run, attempt,
@@ -158,7 +158,8 @@ impl Sets {
         self.live.push_steps(&row.id, &row.start, row.created_at);
         if let Some(event) = &row.event {
             let run = [&row.id, &row.workspace_id, &row.deployment_id];
-            self.live.push_event(run, event, row.created_at);
+            self.live
+                .push_event(run, event, row.created_at, row.created_at);
         }
     }
 

@@ -358,3 +358,21 @@ impl Planner for DagPlanner {
         }
     }
 }
+
+/// A [`DagPlanner`] whose caller asks for each run's end event under a lease of `lease` ms
+/// (see [`Planner::lease_event`]).
+#[derive(Clone)]
+pub struct EventLeasing {
+    pub dag: DagPlanner,
+    pub lease: i64,
+}
+
+impl Planner for EventLeasing {
+    fn plan(&self, run: &RunRecord, steps: &[StepExecution], now: Millis) -> Plan {
+        self.dag.plan(run, steps, now)
+    }
+
+    fn lease_event(&self) -> Option<i64> {
+        Some(self.lease)
+    }
+}

@@ -1,11 +1,14 @@
 //! The outbox: claiming events, recording attempts and their effects, manual events.
 
+use std::sync::Arc;
+
 use hookflow_store::{
-    AttemptEffect, AttemptRecord, DeliveryStatus, Millis, Page, RunStatus, StepResult, Trigger,
+    Applied, AttemptEffect, AttemptRecord, ClaimedDelivery, DeliveryStatus, Millis, Page,
+    RunStatus, StepResult, Store, Trigger,
 };
 use serde_json::json;
 
-use crate::common::{DagPlanner, T0, TestDb, event, fixture, new_run};
+use crate::common::{DagPlanner, EventLeasing, T0, TestDb, event, fixture, new_run};
 
 /// Runs a one-step run to completion at `T0 + 1`; returns its id.
 async fn completed_run(db: &TestDb) -> String {
@@ -27,6 +30,52 @@ async fn completed_run(db: &TestDb) -> String {
         .await
         .unwrap();
     run.id
+}
+
+/// Runs a one-step run to completion at `T0 + 1` for a caller that takes the run's event under
+/// a lease of `lease` ms; returns the run id and the event as that write leased it.
+async fn completed_run_leasing_its_event(db: &TestDb, lease: i64) -> (String, ClaimedDelivery) {
+    let (_, dep) = fixture(db, None).await;
+    let run = new_run(&dep, &["a"]);
+    db.store.create_run(&run).await.unwrap();
+    let job = db.store.claim_jobs(T0, 100).await.unwrap();
+    let job = job.into_iter().find(|j| j.run_id == run.id).unwrap();
+    let planner = EventLeasing {
+        dag: DagPlanner::parallel(&["a"]),
+        lease,
+    };
+    let result = Some(StepResult::Completed(json!(1)));
+    let applied = (db.store)
+        .finish_job(&job, result, Arc::new(planner), T0 + 1)
+        .await
+        .unwrap();
+    let Applied::Done {
+        terminal: Some(RunStatus::Completed),
+        event: true,
+        leased_event: Some(leased),
+        ..
+    } = applied
+    else {
+        panic!("the run's end with its event leased, not {applied:?}");
+    };
+    (run.id, *leased)
+}
+
+/// Logs `record` as an attempt of event `id` of run `run_id` under lease `token`, with
+/// `effect`; answers the event's status and attempt count after it.
+async fn log_attempt(
+    s: &Arc<dyn Store>,
+    id: &str,
+    run_id: &str,
+    token: Option<i64>,
+    record: AttemptRecord,
+    effect: AttemptEffect,
+) -> (DeliveryStatus, i64) {
+    s.record_attempt(id, run_id, token, &record, effect)
+        .await
+        .unwrap();
+    let stored = s.run_event(run_id).await.unwrap().unwrap();
+    (stored.status, stored.attempts)
 }
 
 fn attempt(n: i64, trigger: Trigger, at: Millis, next: Option<Millis>) -> AttemptRecord {
@@ -61,18 +110,16 @@ pub async fn deliveries_lease_and_record(db: &TestDb) {
 
     // A failed attempt schedules the next one.
     let retry_at = t + 5000;
-    s.record_attempt(
-        &d.id,
-        &run_id,
-        Some(d.lease_token),
-        &attempt(1, Trigger::Scheduled, t, Some(retry_at)),
-        AttemptEffect::RetryAt(retry_at),
-    )
-    .await
-    .unwrap();
-    let stored = s.run_event(&run_id).await.unwrap().unwrap();
     assert_eq!(
-        (stored.status, stored.attempts),
+        log_attempt(
+            s,
+            &d.id,
+            &run_id,
+            Some(d.lease_token),
+            attempt(1, Trigger::Scheduled, t, Some(retry_at)),
+            AttemptEffect::RetryAt(retry_at)
+        )
+        .await,
         (DeliveryStatus::Pending, 1)
     );
     assert!(
@@ -87,33 +134,29 @@ pub async fn deliveries_lease_and_record(db: &TestDb) {
     assert!(again[0].lease_token > d.lease_token);
 
     // An attempt under a lost lease is logged but changes nothing.
-    s.record_attempt(
-        &d.id,
-        &run_id,
-        Some(d.lease_token),
-        &attempt(2, Trigger::Scheduled, retry_at, None),
-        AttemptEffect::Delivered,
-    )
-    .await
-    .unwrap();
-    let stored = s.run_event(&run_id).await.unwrap().unwrap();
     assert_eq!(
-        (stored.status, stored.attempts),
+        log_attempt(
+            s,
+            &d.id,
+            &run_id,
+            Some(d.lease_token),
+            attempt(2, Trigger::Scheduled, retry_at, None),
+            AttemptEffect::Delivered
+        )
+        .await,
         (DeliveryStatus::Pending, 1)
     );
 
-    s.record_attempt(
-        &d.id,
-        &run_id,
-        Some(again[0].lease_token),
-        &attempt(2, Trigger::Scheduled, retry_at, None),
-        AttemptEffect::Delivered,
-    )
-    .await
-    .unwrap();
-    let stored = s.run_event(&run_id).await.unwrap().unwrap();
     assert_eq!(
-        (stored.status, stored.attempts),
+        log_attempt(
+            s,
+            &d.id,
+            &run_id,
+            Some(again[0].lease_token),
+            attempt(2, Trigger::Scheduled, retry_at, None),
+            AttemptEffect::Delivered
+        )
+        .await,
         (DeliveryStatus::Delivered, 2)
     );
     assert_eq!(s.next_delivery_at().await.unwrap(), None);
@@ -125,18 +168,16 @@ pub async fn deliveries_lease_and_record(db: &TestDb) {
     );
 
     // A manual attempt counts, and leaves the schedule alone.
-    s.record_attempt(
-        &d.id,
-        &run_id,
-        None,
-        &attempt(3, Trigger::Manual, retry_at + 1, None),
-        AttemptEffect::Unchanged,
-    )
-    .await
-    .unwrap();
-    let stored = s.run_event(&run_id).await.unwrap().unwrap();
     assert_eq!(
-        (stored.status, stored.attempts),
+        log_attempt(
+            s,
+            &d.id,
+            &run_id,
+            None,
+            attempt(3, Trigger::Manual, retry_at + 1, None),
+            AttemptEffect::Unchanged
+        )
+        .await,
         (DeliveryStatus::Delivered, 3)
     );
 
@@ -177,18 +218,16 @@ pub async fn deliveries_give_up(db: &TestDb) {
         .await
         .unwrap()
         .remove(0);
-    s.record_attempt(
-        &d.id,
-        &run_id,
-        Some(d.lease_token),
-        &attempt(1, Trigger::Scheduled, T0 + 2, None),
-        AttemptEffect::GiveUp,
-    )
-    .await
-    .unwrap();
-    let stored = s.run_event(&run_id).await.unwrap().unwrap();
     assert_eq!(
-        (stored.status, stored.attempts),
+        log_attempt(
+            s,
+            &d.id,
+            &run_id,
+            Some(d.lease_token),
+            attempt(1, Trigger::Scheduled, T0 + 2, None),
+            AttemptEffect::GiveUp
+        )
+        .await,
         (DeliveryStatus::Failed, 1)
     );
     assert!(
@@ -285,4 +324,80 @@ pub async fn concurrent_attempts(db: &TestDb) {
     let mut claimed_runs: Vec<String> = claimed.into_iter().map(|d| d.run_id).collect();
     claimed_runs.sort();
     assert_eq!(claimed_runs, runs);
+}
+
+pub async fn finished_job_leases_its_end_event(db: &TestDb) {
+    let s = &db.store;
+    let lease = 1000;
+    let (run_id, leased) = completed_run_leasing_its_event(db, lease).await;
+    // What the write returned is the stored event, as a claim of it would give it.
+    let stored = s.run_event(&run_id).await.unwrap().unwrap();
+    let run = s.run_by_id(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        leased,
+        ClaimedDelivery {
+            id: stored.id.clone(),
+            lease_token: 0,
+            run_id: run_id.clone(),
+            deployment_id: run.deployment_id.clone(),
+            event_type: "workflow.completed".into(),
+            payload: stored.payload.clone(),
+            url: stored.url.clone(),
+            attempts: 0,
+        }
+    );
+    // Leased: nobody claims it until the lease ends.
+    let until = T0 + 1 + lease;
+    assert_eq!(s.next_delivery_at().await.unwrap(), Some(until));
+    assert!(
+        s.claim_deliveries(until - 1, 10, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Its holder's attempt counts.
+    assert_eq!(
+        log_attempt(
+            s,
+            &leased.id,
+            &run_id,
+            Some(leased.lease_token),
+            attempt(1, Trigger::Scheduled, T0 + 5, None),
+            AttemptEffect::Delivered
+        )
+        .await,
+        (DeliveryStatus::Delivered, 1)
+    );
+    assert_eq!(s.next_delivery_at().await.unwrap(), None);
+}
+
+pub async fn leased_event_is_taken_over_after_its_lease(db: &TestDb) {
+    let s = &db.store;
+    let lease = 1000;
+    let (run_id, leased) = completed_run_leasing_its_event(db, lease).await;
+    // Its holder died: another node claims it once the lease ends.
+    let until = T0 + 1 + lease;
+    let claimed = s.claim_deliveries(until, 10, 1000).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].id.as_str(), claimed[0].attempts),
+        (leased.id.as_str(), 0)
+    );
+    assert!(claimed[0].lease_token > leased.lease_token);
+
+    // A late attempt of the first holder is logged but changes nothing.
+    assert_eq!(
+        log_attempt(
+            s,
+            &leased.id,
+            &run_id,
+            Some(leased.lease_token),
+            attempt(1, Trigger::Scheduled, until, None),
+            AttemptEffect::Delivered
+        )
+        .await,
+        (DeliveryStatus::Pending, 0)
+    );
+    assert_eq!(s.next_delivery_at().await.unwrap(), Some(until + 1000));
 }

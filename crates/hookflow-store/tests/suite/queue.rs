@@ -73,6 +73,7 @@ pub async fn claims_lease_jobs(db: &TestDb) {
             event: false,
             work: false,
             next: None,
+            leased_event: None,
         }
     );
     assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + 3 * LEASE));
@@ -87,6 +88,7 @@ pub async fn claims_lease_jobs(db: &TestDb) {
             event: true,
             work: true,
             next: None,
+            leased_event: None,
         }
     );
     assert_eq!(s.next_job_at().await.unwrap(), None);
@@ -191,6 +193,7 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
         event: false,
         work: false,
         next: Some(next),
+        leased_event: None,
     } = s
         .finish_job(&a, result, planner.shared(), T0 + 1)
         .await
@@ -238,6 +241,7 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
             event: false,
             work: false,
             next: None,
+            leased_event: None,
         }
     );
     // Skipped is not completed for this planner: nothing new is ready, the run stays live.
@@ -261,6 +265,7 @@ pub async fn finish_job_plans_next_steps(db: &TestDb) {
             event: true,
             work: true,
             next: None,
+            leased_event: None,
         }
     );
     let ended = s.run(&ws.id, &run.id).await.unwrap().unwrap();
@@ -314,6 +319,7 @@ pub async fn retries_then_fails(db: &TestDb) {
             event: false,
             work: true,
             next: None,
+            leased_event: None,
         }
     );
     let steps = s.step_executions(&run.id).await.unwrap();
@@ -344,6 +350,7 @@ pub async fn retries_then_fails(db: &TestDb) {
             event: true,
             work: true,
             next: None,
+            leased_event: None,
         }
     );
     let ended = s.run_by_id(&run.id).await.unwrap().unwrap();
@@ -427,6 +434,7 @@ pub async fn racing_finishes_end_run_once(db: &TestDb) {
                         event: true,
                         work: true,
                         next: None,
+                        leased_event: None,
                     }
                 )
             })
@@ -437,6 +445,7 @@ pub async fn racing_finishes_end_run_once(db: &TestDb) {
             event: false,
             work: false,
             next: None,
+            leased_event: None,
         }));
         let stored = db.store.run_by_id(&run.id).await.unwrap().unwrap();
         assert_eq!(stored.status, RunStatus::Completed);
@@ -468,6 +477,7 @@ pub async fn racing_finishes_join_once(db: &TestDb) {
                     event: false,
                     work: false,
                     next,
+                    leased_event: None,
                 } => next.as_ref().map(|leased| &leased.job),
                 other => panic!("round {round}: {other:?}"),
             })
@@ -542,12 +552,14 @@ pub async fn concurrent_finishes_share_batches(db: &TestDb) {
                     event: false,
                     work: false,
                     next: None,
+                    leased_event: None,
                 },
                 &Applied::Done {
                     terminal: Some(RunStatus::Completed),
                     event: true,
                     work: true,
                     next: None,
+                    leased_event: None,
                 }
             ],
             "run {id}"

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use crate::common::{DagPlanner, T0, TestDb, event, fixture, new_run};
+use crate::common::{DagPlanner, EventLeasing, T0, TestDb, event, fixture, new_run};
 
 /// Starts a one-step run and leaves its step waiting, for a second (beyond the wake horizon, so
 /// the engines are not woken for it); returns the run id.
@@ -23,6 +23,7 @@ async fn waiting_run(db: &TestDb, step: &'static str) -> String {
             event: false,
             work: false,
             next: None,
+            leased_event: None,
         }
     );
     run_id
@@ -58,6 +59,7 @@ pub async fn near_timeout_wakes(db: &TestDb) {
             event: false,
             work: true,
             next: None,
+            leased_event: None,
         }
     );
     assert_eq!(db.store.next_job_at().await.unwrap(), Some(T0 + 100));
@@ -77,7 +79,11 @@ async fn claim_of(db: &TestDb, run_id: &str, now: i64) -> ClaimedJob {
 
 pub async fn async_completion(db: &TestDb) {
     let s = &db.store;
-    let planner = DagPlanner::parallel(&["hook"]);
+    // A completion from outside leases nothing, even to a caller that would take the event.
+    let planner = EventLeasing {
+        dag: DagPlanner::parallel(&["hook"]),
+        lease: 1000,
+    };
     let run_id = waiting_run(db, "hook").await;
     let step = &s.step_executions(&run_id).await.unwrap()[0];
     assert_eq!(step.status, StepStatus::Running);
@@ -99,6 +105,7 @@ pub async fn async_completion(db: &TestDb) {
             event: true,
             work: true,
             next: None,
+            leased_event: None,
         })
     );
     let step = &s.step_executions(&run_id).await.unwrap()[0];
@@ -106,8 +113,9 @@ pub async fn async_completion(db: &TestDb) {
         (step.status, step.output.clone()),
         (StepStatus::Completed, Some(json!({"paid": true})))
     );
-    // The timeout job went with the completion.
+    // The timeout job went with the completion; the event is due at once, for any claimer.
     assert_eq!(s.next_job_at().await.unwrap(), None);
+    assert_eq!(s.next_delivery_at().await.unwrap(), Some(T0 + 2));
     assert_eq!(
         s.complete_step(&run_id, "hook", 1, "h1", done.clone(), &planner, T0 + 3)
             .await
@@ -145,6 +153,7 @@ pub async fn async_timeout(db: &TestDb) {
             event: true,
             work: true,
             next: None,
+            leased_event: None,
         }
     );
     let late = StepResult::Completed(json!(1));
@@ -185,6 +194,7 @@ pub async fn racing_completions(db: &TestDb) {
             event: true,
             work: true,
             next: None,
+            leased_event: None,
         });
         let other = if round == 0 {
             Completion::Duplicate
@@ -303,6 +313,7 @@ pub async fn approvals(db: &TestDb) {
             event: true,
             work: true,
             next: None,
+            leased_event: None,
         })
     );
     let answered = s.approval("apr_1").await.unwrap().unwrap();
@@ -432,6 +443,7 @@ pub async fn racing_answers(db: &TestDb) {
         event: true,
         work: true,
         next: None,
+        leased_event: None,
     });
     assert!(
         results.contains(&applied) && results.contains(&Completion::Conflict),

@@ -287,6 +287,7 @@ pub async fn start_run(
                     event: ended.is_some_and(|t| t.event.is_some()),
                     work: ended.is_some() || NewStep::any_due_soon(&run.plan.start, now),
                     next: None,
+                    leased_event: None,
                 },
             );
             if let (true, Some(terminal)) = (sync, ended) {

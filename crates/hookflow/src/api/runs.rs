@@ -265,6 +265,7 @@ pub async fn cancel(
                     event: has_event,
                     work: true,
                     next: None,
+                    leased_event: None,
                 },
             );
             let run = find(&app, &auth.workspace_id, &id).await?;

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use hookflow_core::retry::AttemptOutcome;
 use hookflow_store::{AttemptEffect, ClaimedDelivery, Millis, Trigger};
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::{App, now_ms, sleep_until_due};
+use crate::config::Settings;
 pub use send::{Outgoing, Sent, send};
 
-/// Attempts in flight at once on one node.
-const MAX_IN_FLIGHT: usize = 128;
+/// Attempts in flight at once on one node (the size of [`App::delivery_slots`]).
+pub const MAX_IN_FLIGHT: usize = 128;
 /// Events claimed per round trip.
 const CLAIM_BATCH: usize = 64;
 /// Longest sleep between polls.
@@ -22,10 +23,15 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Lease beyond the callback timeout before another node may retry an event.
 const LEASE_MARGIN_MS: i64 = 30_000;
 
+/// How long a node holds an event it sends: another node may retry it after that.
+pub fn lease_ms(settings: &Settings) -> i64 {
+    settings.callback_timeout.as_millis() as i64 + LEASE_MARGIN_MS
+}
+
 /// Runs the delivery loop until the process ends.
 pub async fn run(app: Arc<App>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let lease_ms = app.settings.callback_timeout.as_millis() as i64 + LEASE_MARGIN_MS;
+    let slots = app.delivery_slots.clone();
+    let lease_ms = lease_ms(&app.settings);
     loop {
         let free = slots.available_permits().min(CLAIM_BATCH);
         if free == 0 {
@@ -47,18 +53,23 @@ pub async fn run(app: Arc<App>) {
         let full = claimed.len() == free;
         for delivery in claimed {
             let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-            let app = app.clone();
-            tokio::spawn(async move {
-                if let Err(e) = attempt(&app, &delivery).await {
-                    tracing::error!(event = %delivery.id, error = %e, "delivery attempt failed; retried after its lease");
-                }
-                drop(permit);
-            });
+            spawn_attempt(app.clone(), delivery, Some(permit));
         }
         if !full {
             sleep_until_due(&app.outbox, app.store.next_delivery_at(), POLL_INTERVAL).await;
         }
     }
+}
+
+/// Sends a leased event's scheduled attempt in its own task, holding `slot` (one of
+/// [`App::delivery_slots`]) until it is logged.
+pub fn spawn_attempt(app: Arc<App>, delivery: ClaimedDelivery, slot: Option<OwnedSemaphorePermit>) {
+    tokio::spawn(async move {
+        if let Err(e) = attempt(&app, &delivery).await {
+            tracing::error!(event = %delivery.id, error = %e, "delivery attempt failed; retried after its lease");
+        }
+        drop(slot);
+    });
 }
 
 /// The signing secrets of a deployment right now, newest first (its deployment read through

@@ -5,7 +5,7 @@ mod planner;
 mod steps;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hookflow_store::{
@@ -14,6 +14,7 @@ use hookflow_store::{
 use tokio::sync::Semaphore;
 
 use crate::app::{App, now_ms, sleep_until_due};
+use crate::delivery;
 use planner::OwnedPlanner;
 pub use planner::{RunPlanner, run_context, step_states};
 pub use steps::fail as failed_attempt;
@@ -144,18 +145,26 @@ async fn try_execute(
         };
         metrics::counter!("hookflow_step_attempts_total", "outcome" => outcome).increment(1);
     }
-    let planner = OwnedPlanner {
+    let planner = Arc::new(OwnedPlanner {
         app: app.clone(),
         def,
         secrets,
-    };
+        event_slot: Mutex::new(None),
+    });
     let applied = app
         .store
-        .finish_job(job, result, Arc::new(planner), now_ms())
+        .finish_job(job, result, planner.clone(), now_ms())
         .await?;
     app.signal(&run.id, &applied);
     Ok(match applied {
-        Applied::Done { next, .. } => next,
+        Applied::Done {
+            next, leased_event, ..
+        } => {
+            if let Some(event) = leased_event {
+                delivery::spawn_attempt(app.clone(), *event, planner.take_event_slot());
+            }
+            next
+        }
         Applied::Stale => None,
     })
 }

@@ -2,7 +2,7 @@
 //! pure state machine of `hookflow_core::run`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hookflow_core::run::{Outcome, StepState, context, decide};
@@ -12,8 +12,10 @@ use hookflow_store::{
     StepStatus, Terminal,
 };
 use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::App;
+use crate::delivery;
 use crate::events::{structured_output, terminal_event};
 
 /// Per-attempt timeout of a step without its own `timeout`.
@@ -136,6 +138,15 @@ pub(super) struct OwnedPlanner {
     pub app: Arc<App>,
     pub def: Arc<WorkflowDef>,
     pub secrets: Value,
+    /// The delivery slot taken for the run's end event, when the write leases it to this node.
+    pub event_slot: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl OwnedPlanner {
+    /// The delivery slot taken by [`Planner::lease_event`], if any.
+    pub fn take_event_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.event_slot.lock().expect("slot lock").take()
+    }
 }
 
 impl Planner for OwnedPlanner {
@@ -146,6 +157,17 @@ impl Planner for OwnedPlanner {
             secrets: &self.secrets,
         };
         planner.plan(run, steps, now)
+    }
+
+    /// Leases the event while this node has a free delivery slot (taken once, even when a
+    /// failed batch plans the run again).
+    fn lease_event(&self) -> Option<i64> {
+        let mut slot = self.event_slot.lock().expect("slot lock");
+        if slot.is_none() {
+            *slot = self.app.delivery_slots.clone().try_acquire_owned().ok();
+        }
+        slot.as_ref()
+            .map(|_| delivery::lease_ms(&self.app.settings))
     }
 }
 
