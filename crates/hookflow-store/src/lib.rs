@@ -178,6 +178,11 @@ pub trait Definitions: Send + Sync + 'static {
 #[async_trait]
 pub trait Runs: Send + Sync + 'static {
     /// Creates a run with its first steps, honouring idempotency and the concurrency limit.
+    /// A run that starts at once with a step leased to the caller (see
+    /// [`NewRun::lease_first_step`]) answers [`CreatedRun::Started`], the step's job read in the
+    /// same write; creations that arrive together without a check to make (no idempotency key,
+    /// no concurrency limit) are written together, one write and one read of leased jobs per
+    /// batch.
     async fn create_run(&self, run: &NewRun) -> Result<CreatedRun>;
     /// A run of a workspace.
     async fn run(&self, workspace_id: &str, id: &str) -> Result<Option<RunRecord>>;

@@ -266,9 +266,26 @@ pub struct NewRun {
     pub refuse_when_full: bool,
     pub idempotency: Option<IdempotencyClaim>,
     pub created_at: Millis,
+    /// The step of `plan.start` (step, attempt) leased to the caller by
+    /// [`NewRun::lease_first_step`].
+    pub leased: Option<(String, i64)>,
 }
 
 impl NewRun {
+    /// Leases the run's first step that is due at once (and no timer) to the caller, as a
+    /// finished job's write does (see [`NewStep::lease`]): when the run starts at once,
+    /// [`crate::Runs::create_run`] answers [`CreatedRun::Started`] with its job, to execute as
+    /// if claimed. Answers whether there was such a step.
+    pub fn lease_first_step(&mut self) -> bool {
+        let now = self.created_at;
+        let Some(step) = self.plan.start.iter_mut().find(|s| s.leasable(now)) else {
+            return false;
+        };
+        step.lease(now);
+        self.leased = Some((step.step_id.clone(), step.attempt));
+        true
+    }
+
     /// The run as it is when it starts at once: what planning its first steps reads.
     pub fn record(&self) -> RunRecord {
         RunRecord {
@@ -301,6 +318,9 @@ impl NewRun {
 pub enum CreatedRun {
     /// The run was created with this status.
     Created(RunStatus),
+    /// The run started at once, and its step leased by [`NewRun::lease_first_step`] is this
+    /// job, with the run and its executions as the write left them.
+    Started(Box<LeasedJob>),
     /// The idempotency key was used before with the same body: the first answer.
     Replayed { request_id: String, response: Value },
     /// The idempotency key was used before with another body.

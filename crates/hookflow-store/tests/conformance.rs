@@ -50,6 +50,7 @@ conformance!(
     definitions::deployments,
     runs::create_and_read,
     runs::created_finished,
+    runs::created_run_leases_its_first_step,
     runs::concurrent_creates,
     runs::idempotency,
     runs::concurrency_limit_queues,

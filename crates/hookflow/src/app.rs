@@ -78,6 +78,10 @@ pub struct App {
     pub work: Notify,
     /// Wakes delivery: new events were committed.
     pub outbox: Notify,
+    /// Steps this node may execute at once (see [`crate::engine`]): taken by the engine's
+    /// claims and by the first steps of the runs this node creates (see
+    /// [`hookflow_store::NewRun::lease_first_step`]).
+    pub engine_slots: Arc<Semaphore>,
     /// Delivery attempts this node may have in flight (see [`crate::delivery`]): taken by the
     /// delivery loop's claims and by the events finished jobs lease (see
     /// [`hookflow_store::Queue::finish_job`]).
@@ -109,6 +113,7 @@ impl App {
             waiters: Waiters::default(),
             work: Notify::new(),
             outbox: Notify::new(),
+            engine_slots: Arc::new(Semaphore::new(crate::engine::MAX_IN_FLIGHT)),
             delivery_slots: Arc::new(Semaphore::new(crate::delivery::MAX_IN_FLIGHT)),
         }
     }

@@ -194,7 +194,7 @@ async fn a_failing_http_step_fails_the_run_once_and_its_dependants_never_run() {
 }
 
 #[tokio::test]
-async fn an_http_step_after_another_starts_in_the_write_that_ends_the_first() {
+async fn chained_http_steps_start_without_claims() {
     let server = Server::start_default().await;
     let api = server.api();
     let service = Service::start().await;
@@ -210,13 +210,16 @@ async fn an_http_step_after_another_starts_in_the_write_that_ends_the_first() {
     let answer = run_sync(&api, &def, json!({ "n": 7 })).await;
     assert_eq!(answer["run_status"], "completed", "{answer}");
     assert_eq!(answer["output"]["result"], json!({ "n": 7 }), "{answer}");
-    // The write that ended `first` leased `second` to the node that ran `first`: it started
-    // running in that write, with no claim in between.
+    // The write that created the run leased `first` to the node that took the invoke, and the
+    // write that ended `first` leased `second` to the node that ran it: each started running in
+    // that write, with no claim in between.
     let run = record(&api, &answer).await;
     let (first, second) = (
         &step_attempts(&run, "first")[0],
         &step_attempts(&run, "second")[0],
     );
+    assert!(run["created_at"].is_string(), "{run:#}");
+    assert_eq!(run["created_at"], first["started_at"], "{run:#}");
     assert!(first["finished_at"].is_string(), "{run:#}");
     assert_eq!(first["finished_at"], second["started_at"], "{run:#}");
     assert_eq!(service.requests_to("/echo/second").len(), 1);

@@ -7,13 +7,15 @@
 //!
 //! [`Backend::create_unchecked`]: crate::shared::Backend::create_unchecked
 
+use sqlx::FromRow;
+use sqlx::postgres::PgRow;
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 use sqlx::query::Query;
 
 use super::listen::Notifier;
 use super::{PgStore, Tx};
 use crate::batch::BatchWrite;
-use crate::shared::new_runs::Row;
+use crate::shared::new_runs::{self, Row};
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
 use crate::{Applied, NewEvent, NewStep, Result, Signal};
@@ -95,7 +97,8 @@ impl Row {
     }
 }
 
-/// Writes batches of new runs, then wakes the other nodes.
+/// Writes batches of new runs, then wakes the other nodes; answers the id of each run's
+/// leased job (see [`crate::NewRun::lease_first_step`]).
 pub(super) struct NewRuns {
     pub(super) pool: PgPool,
     pub(super) notifier: Notifier,
@@ -103,17 +106,21 @@ pub(super) struct NewRuns {
 
 impl BatchWrite for NewRuns {
     type Item = Row;
-    type Output = ();
+    type Output = Option<i64>;
 
-    /// One statement for all `rows` (autocommit: one transaction), then wakes the other nodes.
-    async fn write(&self, rows: &[&Row]) -> Result<Vec<()>> {
-        statement(rows).execute(&self.pool).await?;
+    /// One statement for all `rows` (autocommit: one transaction), returning the keys and ids
+    /// of the jobs it inserted; then wakes the other nodes.
+    async fn write(&self, rows: &[&Row]) -> Result<Vec<Option<i64>>> {
+        let jobs = statement(rows)
+            .try_map(|row: PgRow| <(String, String, i64, i64)>::from_row(&row))
+            .fetch_all(&self.pool)
+            .await?;
         let mut signals = Vec::new();
         for row in rows {
             row.signals(&mut signals);
         }
         self.notifier.send(signals);
-        Ok(vec![(); rows.len()])
+        Ok(new_runs::leased_ids(rows, jobs))
     }
 
     fn bytes(row: &Row) -> usize {
@@ -121,7 +128,8 @@ impl BatchWrite for NewRuns {
     }
 }
 
-/// The statement inserting `rows`: their runs, resolved steps, first steps and jobs, events.
+/// The statement inserting `rows`: their runs, resolved steps, first steps and jobs, events;
+/// it returns each job's (run, step, attempt, id).
 fn statement<'q>(rows: &[&'q Row]) -> Query<'q, Postgres, PgArguments> {
     let sql = format!(
         "WITH run AS ( \
@@ -144,14 +152,16 @@ fn statement<'q>(rows: &[&'q Row]) -> Query<'q, Postgres, PgArguments> {
            SELECT run_id, step_id, 1, status, output, at, at, at \
            FROM unnest($20::text[], $21::text[], $22::text[], $23::text[], $24::bigint[]) \
            AS t (run_id, step_id, status, output, at)), \
-         {steps} \
-         INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
-           payload, url, status, run_at, created_at, updated_at) \
-         SELECT id, run_id, workspace_id, deployment_id, event_type, payload, url, \
-           'pending', at, at, at \
-         FROM unnest($32::text[], $33::text[], $34::text[], $35::text[], $36::text[], \
-           $37::text[], $38::text[], $39::bigint[]) \
-         AS t (id, run_id, workspace_id, deployment_id, event_type, payload, url, at)",
+         {steps}, \
+         events AS ( \
+           INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
+             payload, url, status, run_at, created_at, updated_at) \
+           SELECT id, run_id, workspace_id, deployment_id, event_type, payload, url, \
+             'pending', at, at, at \
+           FROM unnest($32::text[], $33::text[], $34::text[], $35::text[], $36::text[], \
+             $37::text[], $38::text[], $39::bigint[]) \
+           AS t (id, run_id, workspace_id, deployment_id, event_type, payload, url, at)) \
+         SELECT run_id, step_id, attempt, id FROM jobs",
         steps = super::dialect::steps_ctes(25),
     );
     let query = bind_runs(sqlx::query(sqlx::AssertSqlSafe(sql)), rows);

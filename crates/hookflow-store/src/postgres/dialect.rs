@@ -14,7 +14,7 @@ use crate::shared::queue::Finish;
 use crate::shared::run_rows::{Ended, RunRows};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
-    Applied, ClaimedJob, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
+    Applied, ClaimedJob, CreatedRun, Millis, NewRun, NewStep, Result, RunRecord, Signal,
     StepExecution,
 };
 
@@ -119,10 +119,13 @@ impl Backend for PgStore {
     /// Joins the node's next batch of new runs (see [`super::batch`]): one statement and
     /// one commit for the run, its resolved steps, its first steps and their jobs, and its
     /// event when it ended at once, shared with whatever runs were created alongside.
-    async fn create_unchecked(&self, run: &NewRun) -> Result<RunStatus> {
+    async fn create_unchecked(&self, run: &NewRun) -> Result<CreatedRun> {
         let (row, status) = new_runs::Row::new(run, Self::clean);
-        self.new_runs.write(row).await?;
-        Ok(status)
+        Ok(new_runs::created(
+            run,
+            status,
+            self.new_runs.write(row).await?,
+        ))
     }
 
     fn deferred(tx: &mut Tx) -> &mut Option<RunRows> {
@@ -224,8 +227,8 @@ impl Backend for PgStore {
     }
 }
 
-/// The CTEs inserting new steps (executions and jobs), from seven arrays bound by
-/// [`bind_steps`] as `$first`…`$first+6`.
+/// The CTEs inserting new steps (executions and jobs, `jobs` returning each one's run, step,
+/// attempt and id), from seven arrays bound by [`bind_steps`] as `$first`…`$first+6`.
 pub(super) fn steps_ctes(first: usize) -> String {
     let p = |i: usize| format!("${}", first + i);
     format!(
@@ -241,7 +244,8 @@ pub(super) fn steps_ctes(first: usize) -> String {
              at, CASE WHEN running THEN at END FROM new), \
          jobs AS ( \
            INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
-           SELECT run_id, step_id, attempt, run_at, lease_ms FROM new)",
+           SELECT run_id, step_id, attempt, run_at, lease_ms FROM new \
+           RETURNING run_id, step_id, attempt, id)",
         p(0),
         p(1),
         p(2),

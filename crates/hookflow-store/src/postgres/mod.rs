@@ -42,7 +42,7 @@ const POOL_SIZE: u32 = 16;
 pub struct PgStore {
     pool: PgPool,
     notifier: Notifier,
-    new_runs: Batcher<Row>,
+    new_runs: Batcher<Row, Option<i64>>,
     attempts: Batcher<LoggedAttempt>,
     finishes: Batcher<Finish, Applied>,
 }

@@ -32,7 +32,8 @@ use sqlx::{Database, Pool, QueryBuilder};
 
 use crate::batch::Batcher;
 use crate::{
-    Applied, ClaimedJob, Millis, NewRun, NewStep, Page, Result, RunRecord, RunStatus, StepExecution,
+    Applied, ClaimedJob, CreatedRun, Millis, NewRun, NewStep, Page, Result, RunRecord,
+    StepExecution,
 };
 
 /// Lease of a job that starts a promoted run or times out a waiting step.
@@ -141,8 +142,8 @@ pub(crate) trait Backend: Sized + Send + Sync + 'static {
     fn finishes(&self) -> &Batcher<queue::Finish, Applied>;
 
     /// Creates a run that needs no check first (no idempotency key, no concurrency limit) in
-    /// the backend's cheapest way, returning its status.
-    fn create_unchecked(&self, run: &NewRun) -> impl Future<Output = Result<RunStatus>> + Send;
+    /// the backend's cheapest way (see [`crate::Runs::create_run`]).
+    fn create_unchecked(&self, run: &NewRun) -> impl Future<Output = Result<CreatedRun>> + Send;
 
     /// The rows of live runs that `tx` holds back to send together (see
     /// [`Backend::write_run`]); None when it sends each run's at once.

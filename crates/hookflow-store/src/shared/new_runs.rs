@@ -1,7 +1,14 @@
 //! A new run that needs no check first (no idempotency key, no concurrency limit), as the
 //! backends' batch writers of new runs take it (see [`crate::shared::Backend::create_unchecked`]).
 
-use crate::{NewEvent, NewRun, NewStep, RunStatus};
+use std::collections::HashMap;
+
+use super::rows;
+use super::run_writes::LeaseKey;
+use crate::{
+    ClaimedJob, CreatedRun, JobKind, LeasedJob, NewEvent, NewRun, NewStep, RunStatus,
+    StepExecution, StepStatus,
+};
 
 /// A new run as a batch writes it, its texts ready to bind, with its first steps and its event.
 pub(crate) struct Row {
@@ -28,6 +35,8 @@ pub(crate) struct Row {
     pub(crate) inline: Vec<(String, &'static str, Option<String>)>,
     pub(crate) start: Vec<NewStep>,
     pub(crate) event: Option<NewEvent>,
+    /// The step of `start` leased to the caller (see [`NewRun::lease_first_step`]).
+    pub(crate) leased: Option<LeaseKey>,
 }
 
 impl Row {
@@ -66,6 +75,7 @@ impl Row {
                 .collect(),
             start: run.plan.start.clone(),
             event: terminal.and_then(|t| t.event.clone()),
+            leased: lease_key(run),
         };
         (row, status)
     }
@@ -83,4 +93,65 @@ impl Row {
                 .sum::<usize>()
             + self.event.as_ref().map_or(0, |e| e.payload.len())
     }
+}
+
+/// The key of the step of `run` leased to the caller, if any (see [`NewRun::lease_first_step`]).
+fn lease_key(run: &NewRun) -> Option<LeaseKey> {
+    (run.leased.clone()).map(|(step, attempt)| (run.id.clone(), step, attempt))
+}
+
+/// The id of each row's leased job, from the keys and ids of the jobs a batch inserted.
+pub(crate) fn leased_ids(rows: &[&Row], jobs: Vec<(String, String, i64, i64)>) -> Vec<Option<i64>> {
+    let mut ids: HashMap<LeaseKey, i64> = (jobs.into_iter())
+        .map(|(run, step, attempt, id)| ((run, step, attempt), id))
+        .collect();
+    (rows.iter())
+        .map(|row| row.leased.as_ref().and_then(|key| ids.remove(key)))
+        .collect()
+}
+
+/// What creating `run` answers once written in `status`, given the id of the job of its
+/// leased step (see [`NewRun::lease_first_step`]) when the write leased one: that job, with the
+/// run and its executions as written, built from `run` as a read would return them.
+pub(crate) fn created(run: &NewRun, status: RunStatus, job: Option<i64>) -> CreatedRun {
+    let (Some(id), Some((step_id, attempt))) = (job, &run.leased) else {
+        return CreatedRun::Created(status);
+    };
+    let now = run.created_at;
+    let execution = |step_id: &str, attempt, running: bool| StepExecution {
+        step_id: step_id.to_string(),
+        attempt,
+        status: match running {
+            true => StepStatus::Running,
+            false => StepStatus::Scheduled,
+        },
+        output: None,
+        error: None,
+        created_at: now,
+        started_at: running.then_some(now),
+        finished_at: None,
+    };
+    let mut steps: Vec<StepExecution> = (run.plan.start.iter())
+        .map(|s| execution(&s.step_id, s.attempt, s.running))
+        .collect();
+    for (step, result) in &run.plan.inline {
+        steps.push(execution(step, 1, false));
+        rows::record_in(&mut steps, step, 1, result, now);
+    }
+    steps.sort_by(|a, b| (&a.step_id, a.attempt).cmp(&(&b.step_id, b.attempt)));
+    let mut record = run.record();
+    record.status = status;
+    let job = ClaimedJob {
+        id,
+        lease_token: 0,
+        run_id: run.id.clone(),
+        step_id: Some(step_id.clone()),
+        attempt: *attempt,
+        kind: JobKind::Execute,
+    };
+    CreatedRun::Started(Box::new(LeasedJob {
+        job,
+        run: record,
+        steps,
+    }))
 }

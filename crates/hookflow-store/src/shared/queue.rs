@@ -82,9 +82,6 @@ macro_rules! impl_queue {
                         if !leases.is_empty() {
                             // A run has one finish per round, so at most one leased job.
                             let mut leased = Self::leased_jobs(tx, &leases).await?;
-                            if leased.len() != leases.len() {
-                                return Err(StoreError::Corrupt("a leased job is missing".into()));
-                            }
                             for i in round {
                                 if let Some(Applied::Done { next, .. }) = &mut applied[i] {
                                     *next = leased.remove(&batch[i].job.run_id).map(Box::new);
@@ -96,8 +93,8 @@ macro_rules! impl_queue {
                     Ok(applied.into_iter().flatten().collect())
                 }
 
-                /// The jobs of steps leased by this write (see [`crate::NewStep::lease`]), with
-                /// their runs as the write left them, by run id.
+                /// The jobs of steps leased by this write (see [`crate::NewStep::lease`]), at
+                /// most one per run, with their runs as the write left them, by run id.
                 async fn leased_jobs(
                     tx: &mut Tx<Self>,
                     leases: &[LeaseKey],
@@ -117,6 +114,9 @@ macro_rules! impl_queue {
                         if let Some(job) = jobs.remove(&run.id) {
                             leased.insert(run.id.clone(), LeasedJob { job, run, steps });
                         }
+                    }
+                    if leased.len() != leases.len() {
+                        return Err(StoreError::Corrupt("a leased job is missing".into()));
                     }
                     Ok(leased)
                 }

@@ -48,6 +48,7 @@ macro_rules! impl_runs {
             use sqlx::QueryBuilder;
 
             use $crate::shared::run_writes::RunWrites;
+            use $crate::shared::new_runs;
             use $crate::shared::runs::{INSERT_RUN, bind_new_run};
             use $crate::shared::{
                 Backend as _, Conn, IDEMPOTENCY_WINDOW_MS, LockSpace, cursor, rows,
@@ -129,7 +130,7 @@ macro_rules! impl_runs {
             impl Runs for $store {
                 async fn create_run(&self, run: &NewRun) -> Result<CreatedRun> {
                     if run.idempotency.is_none() && run.concurrency_limit.is_none() {
-                        return Ok(CreatedRun::Created(self.create_unchecked(run).await?));
+                        return self.create_unchecked(run).await;
                     }
                     let mut tx = self.begin().await?;
                     if let Some(claim) = &run.idempotency
@@ -185,8 +186,22 @@ macro_rules! impl_runs {
                             tx.signal(Signal::Outbox);
                         }
                     }
+                    // Only a run that starts writes its steps, and so its leased one.
+                    let mut job = None;
+                    if let (false, Some((step_id, attempt))) = (queued, &run.leased) {
+                        job = sqlx::query_scalar(
+                            "SELECT id FROM jobs WHERE run_id = $1 AND step_id = $2 \
+                             AND attempt = $3",
+                        )
+                        .bind(&run.id)
+                        .bind(step_id)
+                        .bind(attempt)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map(Some)?;
+                    }
                     tx.commit().await?;
-                    Ok(CreatedRun::Created(status))
+                    Ok(new_runs::created(run, status, job))
                 }
 
                 async fn run(&self, workspace_id: &str, id: &str) -> Result<Option<RunRecord>> {

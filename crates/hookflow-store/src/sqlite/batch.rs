@@ -9,40 +9,39 @@ use super::SqliteStore;
 use super::sets::Sets;
 use super::writer::GroupWriter;
 use crate::batch::BatchWrite;
-use crate::shared::new_runs::Row;
+use crate::shared::new_runs::{self, Row};
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
 use crate::{Applied, Result};
 
-/// Writes `items`, each added to the rows of the batch by `push`, in one write: one
-/// multi-statement query (see [`super::sets`]).
-async fn write_sets<T>(
-    writer: &Arc<GroupWriter>,
-    items: &[&T],
-    push: impl Fn(&mut Sets, &T),
-) -> Result<Vec<()>> {
+/// The rows of `items`, each added by `push`, to write together (see [`super::sets`]).
+fn sets_of<T>(items: &[&T], push: impl Fn(&mut Sets, &T)) -> Sets {
     let mut sets = Sets::default();
     for item in items {
         push(&mut sets, item);
     }
-    let mut tx = writer.begin().await?;
-    sets.script().query()?.execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(vec![(); items.len()])
+    sets
 }
 
 /// Writes batches of new runs: the run, its resolved steps, its first steps and their jobs,
-/// and its event when it ended at once.
+/// and its event when it ended at once; answers the id of each run's leased job (see
+/// [`crate::NewRun::lease_first_step`]), as the insert of the jobs returns them.
 pub(super) struct NewRuns {
     pub(super) writer: Arc<GroupWriter>,
 }
 
 impl BatchWrite for NewRuns {
     type Item = Row;
-    type Output = ();
+    type Output = Option<i64>;
 
-    async fn write(&self, rows: &[&Row]) -> Result<Vec<()>> {
-        write_sets(&self.writer, rows, Sets::push_new_run).await
+    async fn write(&self, rows: &[&Row]) -> Result<Vec<Option<i64>>> {
+        let (sql, args) = sets_of(rows, Sets::push_new_run)
+            .new_runs_script()
+            .into_parts()?;
+        let mut tx = self.writer.begin().await?;
+        let jobs = sqlx::query_as_with(sql, args).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(new_runs::leased_ids(rows, jobs))
     }
 
     fn bytes(row: &Row) -> usize {
@@ -60,7 +59,11 @@ impl BatchWrite for Attempts {
     type Output = ();
 
     async fn write(&self, attempts: &[&LoggedAttempt]) -> Result<Vec<()>> {
-        write_sets(&self.writer, attempts, Sets::push_attempt).await
+        let script = sets_of(attempts, Sets::push_attempt).script();
+        let mut tx = self.writer.begin().await?;
+        script.query()?.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(vec![(); attempts.len()])
     }
 
     fn bytes(logged: &LoggedAttempt) -> usize {

@@ -10,13 +10,13 @@ use super::SqliteStore;
 use super::sets::Sets;
 use super::writer::WriteTx;
 use crate::batch::{BatchWrite, Batcher};
-use crate::shared::new_runs::Row;
+use crate::shared::new_runs::{self, Row};
 use crate::shared::outbox::LoggedAttempt;
 use crate::shared::queue::Finish;
 use crate::shared::run_rows::{Ended, RunRows};
 use crate::shared::{Backend, LockSpace, TIMER_LEASE_MS, rows};
 use crate::{
-    Applied, ClaimedJob, JobKind, Millis, NewRun, NewStep, Result, RunRecord, RunStatus, Signal,
+    Applied, ClaimedJob, CreatedRun, JobKind, Millis, NewRun, NewStep, Result, RunRecord, Signal,
     StepExecution,
 };
 
@@ -109,10 +109,13 @@ impl Backend for SqliteStore {
     }
 
     /// Joins the node's next batch of new runs (see [`super::batch`]).
-    async fn create_unchecked(&self, run: &NewRun) -> Result<RunStatus> {
+    async fn create_unchecked(&self, run: &NewRun) -> Result<CreatedRun> {
         let (row, status) = Row::new(run, Self::clean);
-        self.new_runs.write(row).await?;
-        Ok(status)
+        Ok(new_runs::created(
+            run,
+            status,
+            self.new_runs.write(row).await?,
+        ))
     }
 
     fn deferred(tx: &mut WriteTx) -> &mut Option<RunRows> {

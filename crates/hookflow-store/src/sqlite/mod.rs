@@ -41,7 +41,7 @@ const WRITER_ROW_BUFFER: usize = 4096;
 pub struct SqliteStore {
     writer: Arc<GroupWriter>,
     reader: SqlitePool,
-    new_runs: Batcher<Row>,
+    new_runs: Batcher<Row, Option<i64>>,
     attempts: Batcher<LoggedAttempt>,
     finishes: Batcher<Finish, Applied>,
 }

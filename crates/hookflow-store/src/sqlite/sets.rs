@@ -39,13 +39,28 @@ const INSERT_INLINE: &str = "INSERT INTO step_executions (run_id, step_id, attem
     FROM json_each($1)";
 
 /// Scheduled steps and their jobs: (run, step, attempt, status, started at, now, due at,
-/// lease).
-const INSERT_STEPS: &str = "INSERT INTO step_executions (run_id, step_id, attempt, status, \
-      created_at, started_at) \
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 5, value ->> 4 \
-    FROM json_each($1); \
-    INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 6, value ->> 7 FROM json_each($1)";
+/// lease); `$returning` ends the jobs' insert.
+macro_rules! insert_steps {
+    ($returning:literal) => {
+        concat!(
+            "INSERT INTO step_executions (run_id, step_id, attempt, status, created_at, \
+               started_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 5, \
+               value ->> 4 \
+             FROM json_each($1); \
+             INSERT INTO jobs (run_id, step_id, attempt, run_at, lease_ms) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 6, value ->> 7 \
+             FROM json_each($1)",
+            $returning
+        )
+    };
+}
+
+/// Scheduled steps and their jobs (see [`insert_steps!`]).
+const INSERT_STEPS: &str = insert_steps!("");
+
+/// [`INSERT_STEPS`], returning each job's (run, step, attempt, id).
+const INSERT_STEPS_RETURNING_JOBS: &str = insert_steps!(" RETURNING run_id, step_id, attempt, id");
 
 /// Open work of ending runs, abandoned: (run, now). Jobs first: a claimer holds its job before
 /// it touches the job's execution row.
@@ -188,12 +203,24 @@ impl Sets {
     /// (runs before their steps, an applied attempt before the abandoning of the rest), the
     /// runs' ends last: the only statement that returns rows.
     pub(super) fn script(self) -> Script {
+        self.script_with(INSERT_STEPS)
+    }
+
+    /// The statements writing a batch of new runs (added by [`Sets::push_new_run`] only); the
+    /// one statement that returns rows is the insert of jobs: each one's (run, step, attempt,
+    /// id).
+    pub(super) fn new_runs_script(self) -> Script {
+        self.script_with(INSERT_STEPS_RETURNING_JOBS)
+    }
+
+    /// [`Sets::script`], its steps inserted by `insert_steps`.
+    fn script_with(self, insert_steps: &str) -> Script {
         let live = self.live;
         let script = Script::new("");
         let script = append(script, self.runs, INSERT_RUNS);
         let script = append(script, live.outcomes, UPDATE_OUTCOMES);
         let script = append(script, live.inline, INSERT_INLINE);
-        let script = append(script, live.steps, INSERT_STEPS);
+        let script = append(script, live.steps, insert_steps);
         let script = append(script, live.abandon, ABANDON_OPEN_WORK);
         let script = append(script, live.events, INSERT_EVENTS);
         let script = append(script, live.statuses, UPDATE_STATUSES);

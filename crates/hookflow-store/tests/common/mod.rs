@@ -253,6 +253,7 @@ pub fn new_run(deployment: &Deployment, first: &[&str]) -> NewRun {
         refuse_when_full: false,
         idempotency: None,
         created_at: T0,
+        leased: None,
     }
 }
 

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use hookflow_store::{
-    Cancelled, CreatedRun, Delivery, IdempotencyClaim, JobKind, Page, Plan, RunFilter, RunStatus,
-    Source, StepResult, StepStatus, Terminal,
+    Cancelled, CreatedRun, Delivery, IdempotencyClaim, JobKind, LeasedJob, Page, Plan, RunFilter,
+    RunStatus, Source, StepResult, StepStatus, Terminal,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use crate::common::{DagPlanner, T0, TestDb, deployment, event, fixture, new_run};
+use crate::common::{DagPlanner, LEASE, T0, TestDb, deployment, event, fixture, new_run};
 
 fn claim(key: &str, hash: &str) -> IdempotencyClaim {
     IdempotencyClaim {
@@ -701,4 +701,68 @@ pub async fn list_runs_filters(db: &TestDb) {
         .await
         .unwrap();
     assert!(none.is_empty());
+}
+
+/// A run created with its first step leased to the caller answers that step's job, with the
+/// run and its executions as stored, whichever way it is written (batched, or checked for an
+/// idempotency key or a concurrency limit); nobody claims the step until the lease ends. A
+/// queued run writes no step, so it leases none.
+pub async fn created_run_leases_its_first_step(db: &TestDb) {
+    let s = &db.store;
+    let (_, dep) = fixture(db, None).await;
+    let (_, limited) = fixture(db, Some(1)).await;
+    let mut batched = new_run(&dep, &["a", "b"]);
+    let mut keyed = new_run(&dep, &["a"]);
+    keyed.idempotency = Some(claim("leasing", "h"));
+    let mut limit_free = new_run(&limited, &["a"]);
+    for run in [&mut batched, &mut keyed, &mut limit_free] {
+        assert!(run.lease_first_step());
+        assert_eq!(run.leased, Some(("a".to_string(), 1)));
+        let created = s.create_run(run).await.unwrap();
+        let CreatedRun::Started(leased) = created else {
+            panic!("{}: not started with its job: {created:?}", run.id);
+        };
+        let LeasedJob {
+            job,
+            run: record,
+            steps,
+        } = *leased;
+        assert_eq!(
+            (
+                job.run_id.as_str(),
+                job.step_id.as_deref(),
+                job.attempt,
+                job.lease_token,
+                job.kind
+            ),
+            (run.id.as_str(), Some("a"), 1, 0, JobKind::Execute)
+        );
+        assert_eq!(Some(record), s.run_by_id(&run.id).await.unwrap());
+        assert_eq!(steps, s.step_executions(&run.id).await.unwrap());
+        assert_eq!(
+            (
+                steps[0].step_id.as_str(),
+                steps[0].status,
+                steps[0].started_at
+            ),
+            ("a", StepStatus::Running, Some(T0))
+        );
+    }
+    // Only the step that was not leased is claimable until the leases end.
+    let claimed = s.claim_jobs(T0, 10).await.unwrap();
+    let claimed: Vec<_> = (claimed.iter())
+        .map(|j| (j.run_id.as_str(), j.step_id.as_deref()))
+        .collect();
+    assert_eq!(claimed, [(batched.id.as_str(), Some("b"))]);
+    assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + LEASE));
+
+    let mut queued = new_run(&limited, &["a"]);
+    assert!(queued.lease_first_step());
+    let created = s.create_run(&queued).await.unwrap();
+    assert!(
+        matches!(created, CreatedRun::Created(RunStatus::Queued)),
+        "{created:?}"
+    );
+    assert!(s.step_executions(&queued.id).await.unwrap().is_empty());
+    assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + LEASE));
 }

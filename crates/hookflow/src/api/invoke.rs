@@ -17,7 +17,7 @@ use super::deployments::find_cached;
 use super::extract::{Auth, JsonBody};
 use super::{ApiError, ApiResult};
 use crate::app::{App, now_ms};
-use crate::engine::RunPlanner;
+use crate::engine::{self, RunPlanner};
 use crate::ids::{body_hash, request_id};
 
 /// Longest accepted `Idempotency-Key`.
@@ -266,6 +266,7 @@ pub async fn start_run(
             response: async_answer.clone(),
         }),
         created_at: now,
+        leased: None,
     };
     // Its first pure steps are resolved now, so a run of only transforms ends right here.
     let secrets = app.secrets(&def, workspace_id).await?;
@@ -275,56 +276,67 @@ pub async fn start_run(
         secrets: &secrets,
     };
     run.plan = planner.plan(&run.record(), &[], now);
-    match app.store.create_run(&run).await? {
-        CreatedRun::Created(status) => {
-            metrics::counter!("hookflow_runs_started_total", "source" => source.as_str())
-                .increment(1);
-            let ended = run.plan.terminal.as_ref().filter(|t| t.status == status);
-            app.signal(
-                &id,
-                &Applied::Done {
-                    terminal: ended.map(|t| t.status),
-                    event: ended.is_some_and(|t| t.event.is_some()),
-                    work: ended.is_some() || NewStep::any_due_soon(&run.plan.start, now),
-                    next: None,
-                    leased_event: None,
-                },
-            );
-            if let (true, Some(terminal)) = (sync, ended) {
-                // It ended as it was created: the answer needs no read.
-                let mut record = run.record();
-                record.status = terminal.status;
-                record.output = terminal.output.clone();
-                record.error = terminal.error.clone();
-                Ok(run_answer(&record))
-            } else if sync {
-                wait_for(app, workspace_id, &id).await
-            } else {
-                let mut answer = async_answer;
-                if status == RunStatus::Queued {
-                    answer["run_status"] = json!(status);
-                }
-                Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
-            }
+    // With a free engine slot here, the first step due at once is leased to this node, which
+    // executes it as soon as the run is written, with no claim.
+    let slot =
+        (app.engine_slots.clone().try_acquire_owned().ok()).filter(|_| run.lease_first_step());
+    let status = match app.store.create_run(&run).await? {
+        CreatedRun::Created(status) => status,
+        CreatedRun::Started(leased) => {
+            let status = leased.run.status;
+            engine::spawn_leased(app.clone(), *leased, slot);
+            status
         }
         CreatedRun::Replayed {
             request_id,
             response,
         } => {
-            if sync {
+            return if sync {
                 wait_for(app, workspace_id, &request_id).await
             } else {
                 Ok((StatusCode::ACCEPTED, Json(response)).into_response())
-            }
+            };
         }
-        CreatedRun::IdempotencyConflict => Err(ApiError::conflict(
-            "idempotency_conflict",
-            "This Idempotency-Key was used with a different request body",
-        )),
-        CreatedRun::ConcurrencyLimit => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "concurrency_limit",
-            "You've reached your concurrency limit. Try again later or use async mode.",
-        )),
+        CreatedRun::IdempotencyConflict => {
+            return Err(ApiError::conflict(
+                "idempotency_conflict",
+                "This Idempotency-Key was used with a different request body",
+            ));
+        }
+        CreatedRun::ConcurrencyLimit => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency_limit",
+                "You've reached your concurrency limit. Try again later or use async mode.",
+            ));
+        }
+    };
+    metrics::counter!("hookflow_runs_started_total", "source" => source.as_str()).increment(1);
+    let ended = run.plan.terminal.as_ref().filter(|t| t.status == status);
+    app.signal(
+        &id,
+        &Applied::Done {
+            terminal: ended.map(|t| t.status),
+            event: ended.is_some_and(|t| t.event.is_some()),
+            work: ended.is_some() || NewStep::any_due_soon(&run.plan.start, now),
+            next: None,
+            leased_event: None,
+        },
+    );
+    if let (true, Some(terminal)) = (sync, ended) {
+        // It ended as it was created: the answer needs no read.
+        let mut record = run.record();
+        record.status = terminal.status;
+        record.output = terminal.output.clone();
+        record.error = terminal.error.clone();
+        Ok(run_answer(&record))
+    } else if sync {
+        wait_for(app, workspace_id, &id).await
+    } else {
+        let mut answer = async_answer;
+        if status == RunStatus::Queued {
+            answer["run_status"] = json!(status);
+        }
+        Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
     }
 }

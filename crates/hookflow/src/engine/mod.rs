@@ -11,7 +11,7 @@ use std::time::Duration;
 use hookflow_store::{
     Applied, ClaimedJob, LeasedJob, RunRecord, StepExecution, StepResult, WAKE_HORIZON_MS,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::{App, now_ms, sleep_until_due};
 use crate::delivery;
@@ -19,8 +19,8 @@ use planner::OwnedPlanner;
 pub use planner::{RunPlanner, run_context, step_states};
 pub use steps::fail as failed_attempt;
 
-/// Steps executing at once on one node.
-const MAX_IN_FLIGHT: usize = 256;
+/// Steps executing at once on one node (the size of [`App::engine_slots`]).
+pub const MAX_IN_FLIGHT: usize = 256;
 /// Jobs claimed per round trip.
 const CLAIM_BATCH: usize = 64;
 /// Longest sleep between polls (wake-ups are hints; the poll is the safety net, and finds the
@@ -31,7 +31,7 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs the engine loop until the process ends.
 pub async fn run(app: Arc<App>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let slots = app.engine_slots.clone();
     loop {
         let free = slots.available_permits().min(CLAIM_BATCH);
         if free == 0 {
@@ -59,18 +59,34 @@ pub async fn run(app: Arc<App>) {
         };
         for job in jobs {
             let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-            let app = app.clone();
             let state = states.get(&job.run_id).cloned();
-            tokio::spawn(async move {
-                execute(app, job, state).await;
-                drop(permit);
-            });
+            spawn_execute(app.clone(), job, state, Some(permit));
         }
         if full {
             continue;
         }
         sleep_until_due(&app.work, app.store.next_job_at(), POLL_INTERVAL).await;
     }
+}
+
+/// Executes a job that the write creating its run leased to this node (see
+/// [`hookflow_store::NewRun::lease_first_step`]), holding `slot` (one of [`App::engine_slots`]).
+pub fn spawn_leased(app: Arc<App>, leased: LeasedJob, slot: Option<OwnedSemaphorePermit>) {
+    let LeasedJob { job, run, steps } = leased;
+    spawn_execute(app, job, Some(Arc::new((run, steps))), slot);
+}
+
+/// Executes a job in its own task (see [`execute`]), holding `slot` until it is done.
+fn spawn_execute(
+    app: Arc<App>,
+    job: ClaimedJob,
+    state: Option<RunState>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    tokio::spawn(async move {
+        execute(app, job, state).await;
+        drop(slot);
+    });
 }
 
 /// A run with every execution of its steps, as read when its job was claimed.
