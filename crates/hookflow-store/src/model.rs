@@ -269,6 +269,9 @@ pub struct NewRun {
     /// The step of `plan.start` (step, attempt) leased to the caller by
     /// [`NewRun::lease_first_step`].
     pub leased: Option<(String, i64)>,
+    /// The lease (ms) under which the caller takes the event of a run that ends as it is
+    /// created, to send it at once (see [`NewRun::leased_event`]); None makes it due at once.
+    pub event_lease: Option<i64>,
 }
 
 impl NewRun {
@@ -284,6 +287,14 @@ impl NewRun {
         step.lease(now);
         self.leased = Some((step.step_id.clone(), step.attempt));
         true
+    }
+
+    /// The event of a run that ended as it was created, as leased to the caller by
+    /// [`NewRun::event_lease`]: what a claim of it would give.
+    pub fn leased_event(&self) -> Option<ClaimedDelivery> {
+        self.event_lease?;
+        let event = self.plan.terminal.as_ref()?.event.as_ref()?;
+        Some(event.leased(&self.id, &self.deployment_id))
     }
 
     /// The run as it is when it starts at once: what planning its first steps reads.
@@ -495,6 +506,23 @@ pub struct NewEvent {
     pub event_type: String,
     pub payload: String,
     pub url: String,
+}
+
+impl NewEvent {
+    /// The event of run `run_id` (of deployment `deployment_id`) as the write inserting it
+    /// leases it to its caller: what a claim of it would give.
+    pub fn leased(&self, run_id: &str, deployment_id: &str) -> ClaimedDelivery {
+        ClaimedDelivery {
+            id: self.id.clone(),
+            lease_token: 0,
+            run_id: run_id.to_string(),
+            deployment_id: deployment_id.to_string(),
+            event_type: self.event_type.clone(),
+            payload: self.payload.clone(),
+            url: self.url.clone(),
+            attempts: 0,
+        }
+    }
 }
 
 /// How a run ends.

@@ -51,6 +51,7 @@ conformance!(
     runs::create_and_read,
     runs::created_finished,
     runs::created_run_leases_its_first_step,
+    runs::created_run_leases_its_end_event,
     runs::concurrent_creates,
     runs::idempotency,
     runs::concurrency_limit_queues,

@@ -88,7 +88,10 @@ impl Row {
                 NewStep::any_due_soon(&self.start, self.created_at),
                 Signal::Work,
             ),
-            (self.event.is_some(), Signal::Outbox),
+            (
+                self.event.is_some() && self.event_due <= self.created_at,
+                Signal::Outbox,
+            ),
         ] {
             if wanted && !signals.contains(&signal) {
                 signals.push(signal);
@@ -157,10 +160,10 @@ fn statement<'q>(rows: &[&'q Row]) -> Query<'q, Postgres, PgArguments> {
            INSERT INTO deliveries (id, run_id, workspace_id, deployment_id, event_type, \
              payload, url, status, run_at, created_at, updated_at) \
            SELECT id, run_id, workspace_id, deployment_id, event_type, payload, url, \
-             'pending', at, at, at \
+             'pending', due, at, at \
            FROM unnest($32::text[], $33::text[], $34::text[], $35::text[], $36::text[], \
-             $37::text[], $38::text[], $39::bigint[]) \
-           AS t (id, run_id, workspace_id, deployment_id, event_type, payload, url, at)) \
+             $37::text[], $38::text[], $39::bigint[], $40::bigint[]) \
+           AS t (id, run_id, workspace_id, deployment_id, event_type, payload, url, at, due)) \
          SELECT run_id, step_id, attempt, id FROM jobs",
         steps = super::dialect::steps_ctes(25),
     );
@@ -193,7 +196,13 @@ fn statement<'q>(rows: &[&'q Row]) -> Query<'q, Postgres, PgArguments> {
         .bind::<Vec<_>>(event_column(|e| &e.event_type))
         .bind::<Vec<_>>(event_column(|e| &e.payload))
         .bind::<Vec<_>>(event_column(|e| &e.url))
-        .bind(events.map(|(r, _)| r.created_at).collect::<Vec<_>>())
+        .bind(
+            events
+                .clone()
+                .map(|(r, _)| r.created_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.map(|(r, _)| r.event_due).collect::<Vec<_>>())
 }
 
 /// Binds the runs' nineteen columns, `$1`…`$19`.

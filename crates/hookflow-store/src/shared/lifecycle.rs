@@ -15,7 +15,7 @@ macro_rules! impl_lifecycle {
             use $crate::shared::run_writes::{LeaseKey, RunWrites, StepRow};
             use $crate::shared::{Backend as _, Conn, TIMER_LEASE_MS, Tx, rows};
             use $crate::{
-                Applied, ClaimedDelivery, Completion, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner,
+                Applied, Completion, Delivery, Millis, NewApproval, NewEvent, NewStep, Planner,
                 Result, RunRecord, Signal, StepExecution, StepResult, Terminal, WAKE_HORIZON_MS,
             };
 
@@ -289,18 +289,7 @@ macro_rules! impl_lifecycle {
                         Self::end_run(tx, writes, terminal, open).await?;
                         let leased_event = (terminal.event.as_ref())
                             .filter(|_| event_lease.is_some())
-                            .map(|event| {
-                                Box::new(ClaimedDelivery {
-                                    id: event.id.clone(),
-                                    lease_token: 0,
-                                    run_id: run.id.clone(),
-                                    deployment_id: run.deployment_id.clone(),
-                                    event_type: event.event_type.clone(),
-                                    payload: event.payload.clone(),
-                                    url: event.url.clone(),
-                                    attempts: 0,
-                                })
-                            });
+                            .map(|event| Box::new(event.leased(&run.id, &run.deployment_id)));
                         return Ok(Applied::Done {
                             terminal: Some(terminal.status),
                             event: terminal.event.is_some(),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::rows;
 use super::run_writes::LeaseKey;
 use crate::{
-    ClaimedJob, CreatedRun, JobKind, LeasedJob, NewEvent, NewRun, NewStep, RunStatus,
+    ClaimedJob, CreatedRun, JobKind, LeasedJob, Millis, NewEvent, NewRun, NewStep, RunStatus,
     StepExecution, StepStatus,
 };
 
@@ -35,6 +35,8 @@ pub(crate) struct Row {
     pub(crate) inline: Vec<(String, &'static str, Option<String>)>,
     pub(crate) start: Vec<NewStep>,
     pub(crate) event: Option<NewEvent>,
+    /// When `event` is due: at once, or when the caller's lease of it ends.
+    pub(crate) event_due: Millis,
     /// The step of `start` leased to the caller (see [`NewRun::lease_first_step`]).
     pub(crate) leased: Option<LeaseKey>,
 }
@@ -75,6 +77,7 @@ impl Row {
                 .collect(),
             start: run.plan.start.clone(),
             event: terminal.and_then(|t| t.event.clone()),
+            event_due: run.created_at + run.event_lease.unwrap_or(0),
             leased: lease_key(run),
         };
         (row, status)

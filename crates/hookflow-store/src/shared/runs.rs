@@ -181,9 +181,12 @@ macro_rules! impl_runs {
                         }
                         Self::schedule_steps(&mut tx, &run.id, &run.plan.start, now).await?;
                         if let Some(event) = terminal.and_then(|t| t.event.as_ref()) {
-                            Self::insert_delivery(&mut tx, &run.record(), event, Some(now), now)
+                            let due = now + run.event_lease.unwrap_or(0);
+                            Self::insert_delivery(&mut tx, &run.record(), event, Some(due), now)
                                 .await?;
-                            tx.signal(Signal::Outbox);
+                            if run.event_lease.is_none() {
+                                tx.signal(Signal::Outbox);
+                            }
                         }
                     }
                     // Only a run that starts writes its steps, and so its leased one.

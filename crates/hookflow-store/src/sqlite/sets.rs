@@ -174,7 +174,7 @@ impl Sets {
         if let Some(event) = &row.event {
             let run = [&row.id, &row.workspace_id, &row.deployment_id];
             self.live
-                .push_event(run, event, row.created_at, row.created_at);
+                .push_event(run, event, row.created_at, row.event_due);
         }
     }
 

@@ -254,6 +254,7 @@ pub fn new_run(deployment: &Deployment, first: &[&str]) -> NewRun {
         idempotency: None,
         created_at: T0,
         leased: None,
+        event_lease: None,
     }
 }
 

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use hookflow_store::{
-    Cancelled, CreatedRun, Delivery, IdempotencyClaim, JobKind, LeasedJob, Page, Plan, RunFilter,
-    RunStatus, Source, StepResult, StepStatus, Terminal,
+    AttemptEffect, AttemptRecord, Cancelled, ClaimedDelivery, CreatedRun, Delivery,
+    IdempotencyClaim, JobKind, LeasedJob, Page, Plan, RunFilter, RunStatus, Source, StepResult,
+    StepStatus, Terminal, Trigger,
 };
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -765,4 +766,68 @@ pub async fn created_run_leases_its_first_step(db: &TestDb) {
     );
     assert!(s.step_executions(&queued.id).await.unwrap().is_empty());
     assert_eq!(s.next_job_at().await.unwrap(), Some(T0 + LEASE));
+}
+
+/// A run that ends as it is created, its event leased to the caller, writes the event due only
+/// when the lease ends, whichever way it is written; the caller's copy is what a claim then
+/// gives, under a newer lease.
+pub async fn created_run_leases_its_end_event(db: &TestDb) {
+    let s = &db.store;
+    let (_, dep) = fixture(db, None).await;
+    let ended = |key: Option<IdempotencyClaim>| {
+        let mut run = new_run(&dep, &[]);
+        run.plan.terminal = Some(Terminal {
+            status: RunStatus::Completed,
+            output: Some(json!({"x": 1})),
+            error: None,
+            event: Some(event(&run.record(), "completed")),
+        });
+        run.idempotency = key;
+        run.event_lease = Some(LEASE);
+        run
+    };
+    for run in [ended(None), ended(Some(claim("leasing-event", "h")))] {
+        let created = s.create_run(&run).await.unwrap();
+        assert!(
+            matches!(created, CreatedRun::Created(RunStatus::Completed)),
+            "{created:?}"
+        );
+        let leased = run.leased_event().expect("the event, leased");
+        assert_eq!(s.next_delivery_at().await.unwrap(), Some(T0 + LEASE));
+        assert!(
+            s.claim_deliveries(T0 + LEASE - 1, 10, 1000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let claimed = s.claim_deliveries(T0 + LEASE, 10, 1000).await.unwrap();
+        assert_eq!(
+            claimed,
+            [ClaimedDelivery {
+                lease_token: leased.lease_token + 1,
+                ..leased
+            }]
+        );
+        // Delivered under the newer lease: nothing is due any more.
+        s.record_attempt(
+            &claimed[0].id,
+            &run.id,
+            Some(claimed[0].lease_token),
+            &AttemptRecord {
+                attempt: 1,
+                trigger: Trigger::Scheduled,
+                url: claimed[0].url.clone(),
+                status_code: Some(200),
+                response_body: None,
+                duration_ms: 1,
+                error: None,
+                created_at: T0 + LEASE,
+                next_attempt_at: None,
+            },
+            AttemptEffect::Delivered,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.next_delivery_at().await.unwrap(), None);
+    }
 }

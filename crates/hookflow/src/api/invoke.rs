@@ -17,6 +17,7 @@ use super::deployments::find_cached;
 use super::extract::{Auth, JsonBody};
 use super::{ApiError, ApiResult};
 use crate::app::{App, now_ms};
+use crate::delivery;
 use crate::engine::{self, RunPlanner};
 use crate::ids::{body_hash, request_id};
 
@@ -267,6 +268,7 @@ pub async fn start_run(
         }),
         created_at: now,
         leased: None,
+        event_lease: None,
     };
     // Its first pure steps are resolved now, so a run of only transforms ends right here.
     let secrets = app.secrets(&def, workspace_id).await?;
@@ -280,6 +282,14 @@ pub async fn start_run(
     // executes it as soon as the run is written, with no claim.
     let slot =
         (app.engine_slots.clone().try_acquire_owned().ok()).filter(|_| run.lease_first_step());
+    // Likewise, with a free delivery slot, the event of a run that ends as it is created is
+    // sent from here once it is written.
+    let ends_with_event = (run.plan.terminal.as_ref()).is_some_and(|t| t.event.is_some());
+    let event_slot =
+        (app.delivery_slots.clone().try_acquire_owned().ok()).filter(|_| ends_with_event);
+    if event_slot.is_some() {
+        run.event_lease = Some(delivery::lease_ms(&app.settings));
+    }
     let status = match app.store.create_run(&run).await? {
         CreatedRun::Created(status) => status,
         CreatedRun::Started(leased) => {
@@ -313,16 +323,21 @@ pub async fn start_run(
     };
     metrics::counter!("hookflow_runs_started_total", "source" => source.as_str()).increment(1);
     let ended = run.plan.terminal.as_ref().filter(|t| t.status == status);
-    app.signal(
-        &id,
-        &Applied::Done {
-            terminal: ended.map(|t| t.status),
-            event: ended.is_some_and(|t| t.event.is_some()),
-            work: ended.is_some() || NewStep::any_due_soon(&run.plan.start, now),
-            next: None,
-            leased_event: None,
-        },
-    );
+    let applied = Applied::Done {
+        terminal: ended.map(|t| t.status),
+        event: ended.is_some_and(|t| t.event.is_some()),
+        work: ended.is_some() || NewStep::any_due_soon(&run.plan.start, now),
+        next: None,
+        leased_event: ended.and_then(|_| run.leased_event()).map(Box::new),
+    };
+    app.signal(&id, &applied);
+    if let Applied::Done {
+        leased_event: Some(event),
+        ..
+    } = applied
+    {
+        delivery::spawn_attempt(app.clone(), *event, event_slot);
+    }
     if let (true, Some(terminal)) = (sync, ended) {
         // It ended as it was created: the answer needs no read.
         let mut record = run.record();
