@@ -178,11 +178,12 @@ pub trait Definitions: Send + Sync + 'static {
 #[async_trait]
 pub trait Runs: Send + Sync + 'static {
     /// Creates a run with its first steps, honouring idempotency and the concurrency limit.
-    /// A run that starts at once with a step leased to the caller (see
-    /// [`NewRun::lease_first_step`]) answers [`CreatedRun::Started`], the step's job read in the
-    /// same write; creations that arrive together without a check to make (no idempotency key,
-    /// no concurrency limit) are written together, one write and one read of leased jobs per
-    /// batch.
+    /// Creations that arrive together without a check to make (no idempotency key, no
+    /// concurrency limit) are written together, one statement per batch. A run that starts at
+    /// once with a step leased to the caller (see [`NewRun::lease_first_step`]) answers
+    /// [`CreatedRun::Started`]: the step's job, its id as the insert returned it, with the run
+    /// and its executions built from `run`, as a read would return them. A run that ends at
+    /// once writes its event under [`NewRun::event_lease`], if set.
     async fn create_run(&self, run: &NewRun) -> Result<CreatedRun>;
     /// A run of a workspace.
     async fn run(&self, workspace_id: &str, id: &str) -> Result<Option<RunRecord>>;

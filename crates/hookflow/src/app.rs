@@ -83,8 +83,8 @@ pub struct App {
     /// [`hookflow_store::NewRun::lease_first_step`]).
     pub engine_slots: Arc<Semaphore>,
     /// Delivery attempts this node may have in flight (see [`crate::delivery`]): taken by the
-    /// delivery loop's claims and by the events finished jobs lease (see
-    /// [`hookflow_store::Queue::finish_job`]).
+    /// delivery loop's claims and by the events leased to this node by the writes that end
+    /// runs (see [`hookflow_store::Queue::finish_job`], [`hookflow_store::NewRun::event_lease`]).
     pub delivery_slots: Arc<Semaphore>,
 }
 

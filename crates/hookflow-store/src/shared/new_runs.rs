@@ -1,5 +1,6 @@
 //! A new run that needs no check first (no idempotency key, no concurrency limit), as the
-//! backends' batch writers of new runs take it (see [`crate::shared::Backend::create_unchecked`]).
+//! backends' batch writers of new runs take it (see [`crate::shared::Backend::create_unchecked`]),
+//! and what creating a run answers, whichever way it was written.
 
 use std::collections::HashMap;
 
